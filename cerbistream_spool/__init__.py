@@ -1,0 +1,27 @@
+"""cerbistream_spool: a stdlib logging handler that never loses a governance log event."""
+
+from cerbistream_spool.errors import (
+    CerbiSpoolError,
+    GovernanceConfigError,
+    SpoolConfigError,
+    SpoolError,
+    SpoolFullError,
+)
+from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
+from cerbistream_spool.verify import VerifyReport, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "SpoolConfig",
+    "SpoolReader",
+    "SpoolWriter",
+    "VerifyReport",
+    "verify",
+    "CerbiSpoolError",
+    "GovernanceConfigError",
+    "SpoolConfigError",
+    "SpoolError",
+    "SpoolFullError",
+]

@@ -1,0 +1,11 @@
+"""The disk spool: framing, chain, segments, lanes, cursor, writer, reader.
+
+See docs/FORMAT.md for the on-disk format this package implements.
+"""
+
+from cerbistream_spool.spool.config import SpoolConfig
+from cerbistream_spool.spool.reader import Batch, SpoolReader
+from cerbistream_spool.spool.record import Kind, Record
+from cerbistream_spool.spool.writer import SpoolWriter
+
+__all__ = ["Batch", "Kind", "Record", "SpoolConfig", "SpoolReader", "SpoolWriter"]

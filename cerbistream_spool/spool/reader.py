@@ -1,0 +1,266 @@
+"""SpoolReader: batches from each lane's cursor on, and durable acks (docs/FORMAT.md §5, §6).
+
+The reader keeps one position per lane in memory and reads segments through
+``mmap``, one batch at a time, so a large backlog is never loaded. It reads
+the active segment up to its last complete record. ``ack`` persists the cursor
+(temp, fsync, rename, fsync dir) and only then unlinks fully acknowledged
+segments; a lane with nothing pending and no live writer is removed.
+
+Corruption met while reading is skipped (resync to the next valid frame) and
+recorded in :attr:`SpoolReader.problems`; it never stops the reader.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+from cerbistream_spool.spool.cursor import Cursor, read_cursor, write_cursor
+from cerbistream_spool.spool.fsio import fsync_dir
+from cerbistream_spool.spool.lanes import LANES_DIR, lane_dir, list_lanes, owner_lock
+from cerbistream_spool.spool.record import (
+    FrameStatus,
+    Kind,
+    Record,
+    decode_payload,
+    find_next_frame,
+    read_frame,
+)
+from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_segments
+
+__all__ = ["Batch", "SpoolReader"]
+
+_MAX_PROBLEMS = 1000
+
+
+class Batch(NamedTuple):
+    """Consecutive records of one lane; ack it to advance that lane's cursor."""
+
+    lane: int
+    records: List[Record]
+    nbytes: int
+
+    @property
+    def first_seq(self) -> int:
+        """Sequence number of the first record."""
+        return self.records[0].seq
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last record."""
+        return self.records[-1].seq
+
+    def events(self) -> List[Record]:
+        """Only the event records (markers and gaps are not shipped)."""
+        return [r for r in self.records if r.kind == Kind.EVENT]
+
+
+@dataclass
+class _Position:
+    acked: Cursor
+    base: Optional[int] = None  # segment being read
+    offset: int = HEADER_SIZE
+    last_read: int = 0  # highest seq handed out
+    exhausted: bool = False  # at the end of the newest segment
+
+
+@dataclass
+class SpoolReader:
+    """Reads every lane of ``spool_dir`` from its cursor on."""
+
+    spool_dir: str
+    remove_idle_lanes: bool = True
+    problems: List[Dict[str, Any]] = field(default_factory=list)
+    _pos: Dict[int, _Position] = field(default_factory=dict)
+    _next_lane: int = 0
+
+    # -- public API ---------------------------------------------------------------
+
+    def read_batch(self, max_records: int = 500, max_bytes: int = 1 << 20) -> Optional[Batch]:
+        """The next batch from any lane (round-robin), or None when nothing is pending."""
+        lanes = list_lanes(self.spool_dir)
+        for gone in set(self._pos) - set(lanes):
+            del self._pos[gone]
+        if not lanes:
+            return None
+        start = next((i for i, lane in enumerate(lanes) if lane >= self._next_lane), 0)
+        for lane in lanes[start:] + lanes[:start]:
+            batch = self._read_lane(lane, max_records, max_bytes)
+            if batch is not None:
+                self._next_lane = lane + 1
+                return batch
+            if self.remove_idle_lanes:
+                self._remove_if_idle(lane)
+        return None
+
+    def batches(self, max_records: int = 500, max_bytes: int = 1 << 20) -> Iterator[Batch]:
+        """Batches until nothing is pending (without acking them)."""
+        while True:
+            batch = self.read_batch(max_records, max_bytes)
+            if batch is None:
+                return
+            yield batch
+
+    def ack(self, batch: Batch) -> None:
+        """Persist that ``batch`` was delivered, then unlink fully acknowledged segments."""
+        pos = self._position(batch.lane)
+        last = batch.records[-1]
+        if last.seq <= pos.acked.acked_seq:
+            return
+        ldir = lane_dir(self.spool_dir, batch.lane)
+        pos.acked = Cursor(batch.lane, last.seq, last.hash)
+        write_cursor(ldir, pos.acked)
+        segments = list_segments(ldir)
+        removed = False
+        for (_, path), (next_base, _) in zip(segments, segments[1:]):
+            if next_base - 1 > last.seq:
+                break
+            try:
+                os.unlink(path)
+                removed = True
+            except FileNotFoundError:
+                pass
+        if removed:
+            fsync_dir(ldir)
+
+    def pending(self) -> Dict[int, Dict[str, int]]:
+        """Per lane: acked seq and bytes on disk (for ``status``)."""
+        out: Dict[int, Dict[str, int]] = {}
+        for lane in list_lanes(self.spool_dir):
+            ldir = lane_dir(self.spool_dir, lane)
+            cursor = read_cursor(ldir, lane)
+            out[lane] = {
+                "acked_seq": cursor.acked_seq if isinstance(cursor, Cursor) else 0,
+                "bytes": sum(_size(p) for _, p in list_segments(ldir)),
+            }
+        return out
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _position(self, lane: int) -> _Position:
+        pos = self._pos.get(lane)
+        if pos is None:
+            found = read_cursor(lane_dir(self.spool_dir, lane), lane)
+            if isinstance(found, str):
+                self._problem(lane, "", 0, "cursor", found + "; reading lane from the start")
+                found = Cursor(lane)
+            pos = self._pos[lane] = _Position(found, last_read=found.acked_seq)
+        return pos
+
+    def _read_lane(self, lane: int, max_records: int, max_bytes: int) -> Optional[Batch]:
+        pos = self._position(lane)
+        records: List[Record] = []
+        nbytes = 0
+        ldir = lane_dir(self.spool_dir, lane)
+        segments = list_segments(ldir)
+        pos.exhausted = False
+        while segments and len(records) < max_records and nbytes < max_bytes:
+            bases = [b for b, _ in segments]
+            if pos.base is None or pos.base not in bases:
+                # first visit, or the segment was deleted: start at the one holding last_read+1
+                pos.base = _segment_for(bases, pos.last_read + 1)
+                pos.offset = HEADER_SIZE
+            idx = bases.index(pos.base)
+            newer = idx + 1 < len(bases)
+            path = segments[idx][1]
+            more, used = self._scan(lane, path, pos, records, max_records, max_bytes - nbytes)
+            nbytes += used
+            if more:
+                continue
+            if newer:
+                pos.base, pos.offset = bases[idx + 1], HEADER_SIZE
+                continue
+            pos.exhausted = True
+            break
+        if not records:
+            return None
+        return Batch(lane, records, nbytes)
+
+    def _scan(
+        self, lane: int, path: str, pos: _Position, out: List[Record], max_records: int,
+        max_bytes: int,
+    ) -> Tuple[bool, int]:
+        """Append records of one segment to ``out``; (a limit stopped us, payload bytes read)."""
+        used = 0
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 — closed below, mmap needs the descriptor
+        except FileNotFoundError:
+            return False, used
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < HEADER_SIZE:
+                return False, used
+            with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as buf:
+                if pos.offset == HEADER_SIZE:
+                    header = decode_header(buf[:HEADER_SIZE])
+                    if isinstance(header, str):
+                        self._problem(lane, path, 0, "format", header)
+                        return False, used
+                while len(out) < max_records and used < max_bytes:
+                    frame = read_frame(buf, pos.offset)
+                    if frame.status is FrameStatus.OK:
+                        rec = decode_payload(frame.payload)
+                        if isinstance(rec, Record):
+                            pos.offset = frame.end
+                            if rec.seq > pos.last_read:
+                                pos.last_read = rec.seq
+                                out.append(rec)
+                                used += len(frame.payload)
+                            continue
+                        frame = frame._replace(status=FrameStatus.CORRUPT, detail=rec)
+                    if frame.status is FrameStatus.CORRUPT:
+                        resync = find_next_frame(buf, pos.offset + 1)
+                        self._problem(lane, path, pos.offset, "checksum", frame.detail)
+                        if resync is None:
+                            return False, used
+                        pos.offset = resync
+                        continue
+                    return False, used  # END, or TORN: the writer has not finished this frame
+                return True, used
+
+    def _remove_if_idle(self, lane: int) -> None:
+        pos = self._pos.get(lane)
+        if pos is None or not pos.exhausted or pos.acked.acked_seq < pos.last_read:
+            return
+        lock = owner_lock(self.spool_dir, lane)
+        if lock is None:
+            return
+        try:
+            ldir = lane_dir(self.spool_dir, lane)
+            segments = list_segments(ldir)
+            # a writer may have appended between our read and taking the lock
+            if segments and (segments[-1][0] != pos.base or _size(segments[-1][1]) != pos.offset):
+                return
+            shutil.rmtree(ldir, ignore_errors=True)
+            fsync_dir(os.path.join(self.spool_dir, LANES_DIR))
+            del self._pos[lane]
+        finally:
+            lock.release()
+
+    def _problem(self, lane: int, path: str, offset: int, kind: str, detail: str) -> None:
+        if len(self.problems) < _MAX_PROBLEMS:
+            self.problems.append(
+                {"lane": lane, "segment": os.path.basename(path), "offset": offset,
+                 "kind": kind, "detail": detail}
+            )
+
+
+def _segment_for(bases: List[int], seq: int) -> int:
+    """Base of the segment that holds ``seq`` (the first one if ``seq`` precedes them all)."""
+    best = bases[0]
+    for base in bases:
+        if base <= seq:
+            best = base
+        else:
+            break
+    return best
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,208 @@
+"""Record framing and payload: pure functions over bytes (docs/FORMAT.md §3, §4).
+
+Frame (little-endian, do not reorder)::
+
+    u32 length | payload[length] | u32 crc32(length bytes ‖ payload) | u32 length
+
+The trailing copy of the length detects a torn frame (Beats does the same);
+the CRC covers the leading length, so a flipped length is caught too.
+
+Payload: a msgpack array, positional, do not reorder::
+
+    [seq: uint64, kind: uint8, ts_ns: int64, prev_hash: bin32, hash: bin32, body: bin]
+
+``body`` is the msgpack encoding of the event (kind EVENT) or of a marker dict.
+The hash covers ``prev_hash ‖ canonical_bytes(seq, kind, ts_ns, body)``.
+
+Scanners never raise on bad input: they return :class:`Frame` values with a
+status (Vector's ``RecordStatus``) and leave the decision to the caller.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import zlib
+from enum import IntEnum
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Union
+
+import msgpack
+
+from cerbistream_spool.errors import RecordTooLargeError
+from cerbistream_spool.spool.chain import HASH_SIZE, Chain
+
+__all__ = [
+    "FRAME_OVERHEAD",
+    "MAX_PAYLOAD",
+    "Frame",
+    "FrameStatus",
+    "Kind",
+    "Record",
+    "canonical_bytes",
+    "decode_body",
+    "decode_payload",
+    "encode_body",
+    "encode_record",
+    "find_next_frame",
+    "read_frame",
+]
+
+Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
+_U32 = struct.Struct("<I")
+_CANON = struct.Struct("<QBq")
+FRAME_OVERHEAD = 12
+MAX_PAYLOAD = 16 * 1024 * 1024
+_MIN_PAYLOAD = 1 + 1 + 1 + 1 + 2 + HASH_SIZE + 2 + HASH_SIZE + 1  # smallest valid array
+_ARRAY6 = 0x96
+
+
+class Kind(IntEnum):
+    """Record kinds (payload field 2)."""
+
+    EVENT = 1
+    GAP = 2
+    OPEN = 3
+    CLOSE = 4
+
+
+class Record(NamedTuple):
+    """One decoded record; ``body`` stays msgpack bytes until asked for."""
+
+    seq: int
+    kind: int
+    ts_ns: int
+    prev_hash: bytes
+    hash: bytes
+    body: bytes
+
+    def canonical(self) -> bytes:
+        """The bytes the chain hash covers (after prev_hash)."""
+        return canonical_bytes(self.seq, self.kind, self.ts_ns, self.body)
+
+    def value(self) -> Any:
+        """The decoded body (event dict or marker dict)."""
+        return decode_body(self.body)
+
+
+class FrameStatus(IntEnum):
+    """Outcome of reading one frame at an offset."""
+
+    OK = 0
+    END = 1  # no bytes left: clean end of data
+    TORN = 2  # frame runs past the end of the data: torn tail or still being written
+    CORRUPT = 3  # length/trailer/CRC mismatch
+
+
+class Frame(NamedTuple):
+    """Result of :func:`read_frame`: status, where, where the next frame starts, payload."""
+
+    status: FrameStatus
+    offset: int
+    end: int
+    payload: bytes
+    detail: str
+
+
+def encode_body(value: Any) -> bytes:
+    """msgpack-encode an event or marker body."""
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_body(body: bytes) -> Any:
+    """Decode a body written by :func:`encode_body`."""
+    return msgpack.unpackb(body, raw=False, strict_map_key=False)
+
+
+def canonical_bytes(seq: int, kind: int, ts_ns: int, body: bytes) -> bytes:
+    """``u64 seq ‖ u8 kind ‖ i64 ts_ns ‖ body`` — what the chain hash covers."""
+    return _CANON.pack(seq, kind, ts_ns) + body
+
+
+def encode_record(
+    seq: int, kind: int, ts_ns: int, prev_hash: bytes, body: bytes, chain: Chain
+) -> Tuple[bytes, bytes]:
+    """Frame one record; returns ``(frame bytes, record hash)``."""
+    digest = chain.digest(prev_hash, _CANON.pack(seq, kind, ts_ns) + body)
+    payload: bytes = msgpack.packb([seq, kind, ts_ns, prev_hash, digest, body], use_bin_type=True)
+    size = len(payload)
+    if size > MAX_PAYLOAD:
+        raise RecordTooLargeError(f"record payload is {size} bytes; the limit is {MAX_PAYLOAD}")
+    head = _U32.pack(size)
+    return head + payload + _U32.pack(zlib.crc32(payload, zlib.crc32(head))) + head, digest
+
+
+def read_frame(buf: Buffer, offset: int) -> Frame:
+    """Read the frame at ``offset`` of ``buf``; never raises."""
+    total = len(buf)
+    if offset >= total:
+        return Frame(FrameStatus.END, offset, offset, b"", "")
+    if offset + 4 > total:
+        return Frame(FrameStatus.TORN, offset, total, b"", "partial length field")
+    (size,) = _U32.unpack_from(buf, offset)
+    if size < _MIN_PAYLOAD or size > MAX_PAYLOAD:
+        return Frame(FrameStatus.CORRUPT, offset, offset, b"", f"implausible length {size}")
+    end = offset + 4 + size + 8
+    if end > total:
+        return Frame(FrameStatus.TORN, offset, total, b"", f"frame of {size} bytes runs past end")
+    payload = bytes(buf[offset + 4 : offset + 4 + size])
+    crc, trailer = struct.unpack_from("<II", buf, offset + 4 + size)
+    if trailer != size:
+        return Frame(FrameStatus.CORRUPT, offset, end, payload, "trailing length mismatch")
+    actual = zlib.crc32(payload, zlib.crc32(bytes(buf[offset : offset + 4])))
+    if crc != actual:
+        return Frame(
+            FrameStatus.CORRUPT, offset, end, payload, f"crc32 {actual:#010x} != stored {crc:#010x}"
+        )
+    return Frame(FrameStatus.OK, offset, end, payload, "")
+
+
+def find_next_frame(buf: Buffer, start: int) -> Optional[int]:
+    """Offset of the next valid frame at or after ``start`` (resync after corruption)."""
+    data = bytes(buf) if isinstance(buf, memoryview) else buf
+    pos = start + 4
+    while True:
+        pos = data.find(bytes((_ARRAY6,)), pos)
+        if pos < 0:
+            return None
+        candidate = pos - 4
+        frame = read_frame(data, candidate)
+        if frame.status is FrameStatus.OK and isinstance(decode_payload(frame.payload), Record):
+            return candidate
+        pos += 1
+
+
+def decode_payload(payload: bytes) -> Union[Record, str]:
+    """Decode a payload into a :class:`Record`, or return why it is malformed."""
+    try:
+        fields = msgpack.unpackb(payload, raw=False, use_list=True)
+    except Exception as exc:  # noqa: BLE001 — arbitrary bytes: any decoder error is "malformed"
+        return f"payload is not msgpack: {type(exc).__name__}"
+    if not isinstance(fields, list) or len(fields) != 6:
+        return "payload is not a 6-element array"
+    seq, kind, ts_ns, prev_hash, digest, body = fields
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**64:
+        return "seq is not a uint64"
+    if not isinstance(kind, int) or kind not in _KINDS:
+        return f"unknown record kind {kind!r}"
+    if not isinstance(ts_ns, int) or isinstance(ts_ns, bool) or not -(2**63) <= ts_ns < 2**63:
+        return "timestamp is not an int64"
+    if not isinstance(prev_hash, bytes) or len(prev_hash) != HASH_SIZE:
+        return "prev_hash is not 32 bytes"
+    if not isinstance(digest, bytes) or len(digest) != HASH_SIZE:
+        return "hash is not 32 bytes"
+    if not isinstance(body, bytes):
+        return "body is not bin"
+    return Record(seq, kind, ts_ns, prev_hash, digest, body)
+
+
+_KINDS = frozenset(int(k) for k in Kind)
+
+
+def iter_frames(buf: Buffer, offset: int) -> Iterator[Frame]:
+    """Frames from ``offset`` until END, TORN or CORRUPT (the last one is yielded too)."""
+    while True:
+        frame = read_frame(buf, offset)
+        yield frame
+        if frame.status is not FrameStatus.OK:
+            return
+        offset = frame.end

@@ -1,0 +1,225 @@
+"""Recovery of a lane when its writer opens it (docs/FORMAT.md §8).
+
+Only the last segment is scanned, so opening costs the same with 1 KB or 1 GB
+pending. Outcomes, each reported in :attr:`LaneState.notes`:
+
+- torn tail (frame cut short, or a bad last frame with nothing valid after it):
+  truncated to the last complete record;
+- corruption followed by valid frames: the whole file goes to ``quarantine/``,
+  its valid prefix is rewritten in place, and a gap record covering the lost
+  sequence range is queued for the writer;
+- an unreadable header on the last segment: the file is quarantined and the
+  chain resumes from the cursor or the previous segment's anchor.
+
+Never loops, never raises on file contents (only on I/O errors).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from cerbistream_spool.spool.chain import GENESIS
+from cerbistream_spool.spool.cursor import Cursor, read_cursor
+from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir
+from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir
+from cerbistream_spool.spool.record import (
+    FrameStatus,
+    Kind,
+    Record,
+    decode_payload,
+    find_next_frame,
+    read_frame,
+)
+from cerbistream_spool.spool.segments import HEADER_SIZE, SegmentHeader, decode_header, list_segments
+
+__all__ = ["LaneState", "Tail", "recover_lane", "scan_tail"]
+
+
+@dataclass
+class Tail:
+    """What scanning a segment's frames found."""
+
+    good_end: int  # offset just past the last valid record of the valid prefix
+    last: Optional[Record]  # last valid record of the prefix
+    records: int  # valid records in the prefix
+    torn_bytes: int = 0  # bytes after good_end that are a torn tail
+    corrupt_at: Optional[int] = None  # offset of the first bad frame followed by valid ones
+    max_seq_after: Optional[int] = None  # highest seq seen past the corruption
+    detail: str = ""
+
+
+def scan_tail(buf: bytes) -> Tail:
+    """Scan a segment image (header included) and classify how it ends."""
+    offset = HEADER_SIZE
+    last: Optional[Record] = None
+    count = 0
+    while True:
+        frame = read_frame(buf, offset)
+        if frame.status is FrameStatus.END:
+            return Tail(offset, last, count)
+        if frame.status is FrameStatus.OK:
+            rec = decode_payload(frame.payload)
+            if isinstance(rec, Record) and (last is None or rec.seq > last.seq):
+                last, count, offset = rec, count + 1, frame.end
+                continue
+            detail = rec if isinstance(rec, str) else f"seq {rec.seq} does not follow {last}"
+        else:
+            detail = frame.detail
+        if frame.status is FrameStatus.TORN:
+            return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=detail)
+        resync = find_next_frame(buf, offset + 1)
+        if resync is None:  # nothing valid after it: a torn (partially written) tail
+            return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=detail)
+        return Tail(
+            offset, last, count, corrupt_at=offset,
+            max_seq_after=_max_seq_from(buf, resync), detail=detail,
+        )
+
+
+def _max_seq_from(buf: bytes, offset: int) -> Optional[int]:
+    """Highest seq among valid frames from ``offset`` on, resyncing past bad ones."""
+    best: Optional[int] = None
+    pos: Optional[int] = offset
+    while pos is not None:
+        frame = read_frame(buf, pos)
+        if frame.status is FrameStatus.OK:
+            rec = decode_payload(frame.payload)
+            if isinstance(rec, Record):
+                best = rec.seq if best is None else max(best, rec.seq)
+            pos = frame.end
+            continue
+        if frame.status is not FrameStatus.CORRUPT:
+            return best
+        pos = find_next_frame(buf, pos + 1)
+    return best
+
+
+@dataclass
+class LaneState:
+    """Where a lane's chain continues after recovery."""
+
+    lane: int
+    next_seq: int
+    last_hash: bytes
+    active: Optional[Tuple[int, str, SegmentHeader, int]]  # base, path, header, size
+    sealed: List[Tuple[int, str, int]]  # base, path, size
+    cursor: Cursor
+    clean: bool
+    notes: List[str] = field(default_factory=list)
+    gaps: List[Dict[str, Any]] = field(default_factory=list)
+    truncated_bytes: int = 0
+
+
+def _quarantine(spool_dir: str, lane: int, path: str) -> str:
+    qdir = os.path.join(spool_dir, QUARANTINE_DIR)
+    ensure_dir(qdir)
+    target = os.path.join(qdir, f"{lane:04d}-{time.time_ns()}-{os.path.basename(path)}")
+    os.replace(path, target)
+    fsync_dir(qdir)
+    fsync_dir(os.path.dirname(path))
+    return target
+
+
+def recover_lane(spool_dir: str, lane: int) -> LaneState:
+    """Bring a lane to a state the writer can append to; see the module docstring."""
+    ldir = lane_dir(spool_dir, lane)
+    for name in os.listdir(ldir):
+        if name.endswith(".tmp"):  # an interrupted atomic_write: the original is intact
+            os.unlink(os.path.join(ldir, name))
+    found_cursor = read_cursor(ldir, lane)
+    notes: List[str] = []
+    if isinstance(found_cursor, str):
+        notes.append(f"cursor ignored ({found_cursor}); pending records will be re-sent")
+        cursor = Cursor(lane)
+    else:
+        cursor = found_cursor
+    segments = list_segments(ldir)
+    sealed = [(base, path, os.path.getsize(path)) for base, path in segments[:-1]]
+    state = LaneState(
+        lane, max(1, cursor.acked_seq + 1),
+        cursor.acked_hash if cursor.acked_seq else GENESIS,
+        None, sealed, cursor, clean=True, notes=notes,
+    )
+    if not segments:
+        return state
+    base, path = segments[-1]
+    with open(path, "rb") as fh:
+        buf = fh.read()
+    header = decode_header(buf)
+    if isinstance(header, str) or header.base_seq != base or header.lane != lane:
+        problem = header if isinstance(header, str) else "header names another lane or base"
+        if len(buf) < HEADER_SIZE:  # crash between create and header write: nothing was in it
+            os.unlink(path)
+            fsync_dir(ldir)
+            notes.append(f"removed empty segment {os.path.basename(path)} ({problem})")
+        else:
+            moved = _quarantine(spool_dir, lane, path)
+            notes.append(f"quarantined {os.path.basename(path)} to {moved}: {problem}")
+            state.clean = False
+            state.next_seq = max(state.next_seq, (_max_seq_from(buf, HEADER_SIZE) or 0) + 1)
+        prev_seq, prev_hash = base - 1, state.last_hash
+        if sealed:  # the chain resumes after the previous segment's last record
+            prev_seq, prev_hash = _last_record(sealed[-1][1], prev_seq, prev_hash)
+        state.last_hash = prev_hash
+        state.next_seq = max(state.next_seq, prev_seq + 1)
+        if state.next_seq > prev_seq + 1:
+            state.gaps.append(
+                _gap(prev_seq + 1, state.next_seq - 1, "corruption", f"segment lost: {problem}")
+            )
+        return state
+    tail = scan_tail(buf)
+    last_seq = tail.last.seq if tail.last else base - 1
+    state.last_hash = tail.last.hash if tail.last else header.anchor
+    state.clean = tail.last is not None and tail.last.kind == Kind.CLOSE
+    size = len(buf)
+    reason, detail = "lost", "records delivered before a crash are gone from disk"
+    if tail.torn_bytes:
+        with open(path, "r+b") as fh:
+            fh.truncate(tail.good_end)
+            os.fsync(fh.fileno())
+        size = tail.good_end
+        state.truncated_bytes = tail.torn_bytes
+        notes.append(
+            f"truncated torn tail of {os.path.basename(path)}: {tail.torn_bytes} bytes"
+            f" at offset {tail.good_end} ({tail.detail})"
+        )
+    elif tail.corrupt_at is not None:
+        moved = _quarantine(spool_dir, lane, path)
+        atomic_write(path, buf[: tail.good_end])
+        size = tail.good_end
+        reason, detail = "corruption", f"offset {tail.corrupt_at}: {tail.detail}"
+        notes.append(
+            f"corruption in {os.path.basename(path)} at offset {tail.corrupt_at} ({tail.detail});"
+            f" original quarantined to {moved}, valid prefix kept"
+        )
+        state.next_seq = max(state.next_seq, (tail.max_seq_after or 0) + 1)
+        state.clean = False
+    state.next_seq = max(state.next_seq, last_seq + 1)
+    if state.next_seq > last_seq + 1:  # in-line gap: consumes the lost sequence numbers
+        state.gaps.append(_gap(last_seq + 1, state.next_seq - 1, reason, detail))
+    state.active = (base, path, header, size)
+    return state
+
+
+def _last_record(path: str, seq: int, digest: bytes) -> Tuple[int, bytes]:
+    """(seq, hash) of a sealed segment's last valid record, or the given defaults."""
+    with open(path, "rb") as fh:
+        buf = fh.read()
+    header = decode_header(buf)
+    if isinstance(header, str):
+        return seq, digest
+    tail = scan_tail(buf)
+    if tail.last is None:
+        return header.base_seq - 1, header.anchor
+    return tail.last.seq, tail.last.hash
+
+
+def _gap(first: int, last: int, reason: str, detail: str) -> Dict[str, Any]:
+    return {
+        "reason": reason, "count": last - first + 1,
+        "first_seq": first, "last_seq": last, "detail": detail,
+    }

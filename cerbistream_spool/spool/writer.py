@@ -1,0 +1,397 @@
+"""SpoolWriter: appends records to this process's lane (docs/FORMAT.md §7).
+
+Order of operations (DESIGN-NOTES lesson 2):
+
+- rotate: fsync + close the old segment → create the new one (header, fsync
+  file, fsync directory) → only then write records into it;
+- append: frame → one ``write`` (the record is in the OS when ``append``
+  returns, in every fsync mode) → fsync per mode;
+- a failed write is cut back with ``ftruncate`` so no torn frame is left in the
+  middle of a segment; the next append tries again.
+
+Watermarks (sequence numbers of this lane): ``accepted`` (written to the OS),
+``durable`` (fsynced). ``delivered`` belongs to the reader's cursor.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from cerbistream_spool.errors import SpoolClosedError, SpoolError, SpoolFullError
+from cerbistream_spool.spool.chain import Chain
+from cerbistream_spool.spool.config import SpoolConfig
+from cerbistream_spool.spool.cursor import load_cursor
+from cerbistream_spool.spool.fsio import ensure_dir, fsync_dir, write_all
+from cerbistream_spool.spool.lanes import acquire_lane, lane_dir, list_lanes
+from cerbistream_spool.spool.record import Kind, encode_body, encode_record
+from cerbistream_spool.spool.recovery import recover_lane
+from cerbistream_spool.spool.segments import (
+    FLAG_KEYED,
+    HEADER_SIZE,
+    SegmentHeader,
+    create_segment,
+    list_segments,
+)
+
+__all__ = ["SpoolWriter"]
+
+_REFRESH_MIN_S = 0.05  # at most one directory walk per 50 ms while over the size cap
+
+
+class SpoolWriter:
+    """Appends records to one lane of a spool directory; thread-safe.
+
+    ``append(event) -> seq`` returns once the record is in the OS; with
+    ``fsync="always"`` once it is on disk (group commit across threads).
+    """
+
+    def __init__(self, spool_dir: str, config: Optional[SpoolConfig] = None) -> None:
+        self.config = config or SpoolConfig()
+        self.spool_dir = os.path.abspath(spool_dir)
+        self._chain = Chain(self.config.resolved_key())
+        self._flags = FLAG_KEYED if self._chain.keyed else 0
+        self._lock = threading.Lock()
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._syncing = False
+        self._space = threading.Event()
+        self._closed = False
+        self._fd: Optional[int] = None
+        self._dropped = 0
+        self._dropped_unrecorded = 0
+        self._last_error: Optional[str] = None
+        self._last_refresh = 0.0
+        ensure_dir(self.spool_dir)
+        self.lane, self._lane_lock = acquire_lane(self.spool_dir, self.config.max_lanes)
+        try:
+            self._open_lane()
+        except BaseException:
+            self._release()
+            raise
+        self._stop = threading.Event()
+        self._flusher: Optional[threading.Thread] = None
+        if self.config.fsync == "interval":
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name=f"cerbispool-flush-{self.lane}", daemon=True
+            )
+            self._flusher.start()
+
+    # -- open -----------------------------------------------------------------
+
+    def _open_lane(self) -> None:
+        self._dir = lane_dir(self.spool_dir, self.lane)
+        state = recover_lane(self.spool_dir, self.lane)
+        self.recovery_notes: List[str] = state.notes
+        self._next_seq = state.next_seq
+        self._last_hash = state.last_hash
+        self._sealed: List[Tuple[int, str, int]] = state.sealed
+        self._accepted = self._durable = self._next_seq - 1
+        self._seg_records = 0
+        if state.active is not None:
+            base, path, header, size = state.active
+            if size > HEADER_SIZE or base == self._next_seq:
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+                self._seg_base, self._seg_path, self._seg_size = base, path, size
+                self._seg_created_ns = header.created_ns
+                self._seg_records = 1 if base < self._next_seq else 0
+            else:  # an empty segment whose base no longer fits the chain
+                os.unlink(path)
+                fsync_dir(self._dir)
+        self._refresh_sizes(force=True)
+        if self._fd is None:
+            self._new_segment()
+        with self._lock:
+            for gap in state.gaps:
+                self._write(Kind.GAP, encode_body(gap))
+            self._write(
+                Kind.OPEN,
+                encode_body(
+                    {"pid": os.getpid(), "clean": state.clean,
+                     "truncated_bytes": state.truncated_bytes, "notes": state.notes}
+                ),
+            )
+        self._sync()
+
+    # -- public API -------------------------------------------------------------
+
+    def append(self, event: Any) -> int:
+        """Append one event (any msgpack-able value); returns its sequence number."""
+        return self.append_body(encode_body(event))
+
+    def append_body(self, body: bytes, kind: Kind = Kind.EVENT) -> int:
+        """Append an already msgpack-encoded body; returns its sequence number."""
+        with self._lock:
+            if self._closed:
+                raise SpoolClosedError("spool writer is closed")
+            seq = self._append_locked(kind, body)
+        if self.config.fsync == "always":
+            self._sync(seq)
+        return seq
+
+    def flush(self) -> None:
+        """Return once every record accepted so far is fsynced."""
+        self._sync()
+
+    def close(self) -> None:
+        """Write the clean-close marker, fsync, stop the flusher, release the lane."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._write_pending_gap()
+                self._write(Kind.CLOSE, encode_body({"pid": os.getpid()}))
+            except (OSError, SpoolError) as exc:
+                self._last_error = f"close marker not written: {exc}"
+        self._stop_flusher()
+        try:
+            self._sync()
+        finally:
+            with self._sync_cond:
+                fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
+            self._release()
+
+    def stats(self) -> Dict[str, Any]:
+        """Watermarks and counters of this lane."""
+        cursor = load_cursor(self._dir, self.lane)
+        delivered = cursor.acked_seq if cursor else 0
+        with self._lock:
+            return {
+                "lane": self.lane,
+                "accepted": self._accepted,
+                "durable": self._durable,
+                "delivered": delivered,
+                "pending_records": max(0, self._accepted - delivered),
+                "pending_bytes": self._lane_bytes(),
+                "dropped": self._dropped,
+                "last_error": self._last_error,
+            }
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return self._closed
+
+    def __enter__(self) -> SpoolWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- append path (caller holds self._lock) ------------------------------------
+
+    def _append_locked(self, kind: Kind, body: bytes) -> int:
+        need = len(body) + 128
+        if self._over_cap(need):
+            self._make_room(need)
+        self._write_pending_gap()
+        return self._write(kind, body)
+
+    def _write(self, kind: Kind, body: bytes) -> int:
+        seq = self._next_seq
+        now = time.time_ns()
+        if self._seg_records and (
+            self._seg_size + len(body) + 128 > self.config.segment_max_bytes
+            or now - self._seg_created_ns > self.config.segment_max_age_s * 1e9
+        ):
+            self._rotate()
+        if self._fd is None:
+            self._new_segment()
+        frame, digest = encode_record(seq, kind, now, self._last_hash, body, self._chain)
+        assert self._fd is not None
+        try:
+            write_all(self._fd, frame)
+        except OSError as exc:
+            self._last_error = f"write failed: {exc}"
+            self._cut_back()
+            raise
+        self._next_seq = seq + 1
+        self._last_hash = digest
+        self._seg_size += len(frame)
+        self._seg_records += 1
+        self._accepted = seq
+        return seq
+
+    def _cut_back(self) -> None:
+        """Remove a partially written frame; if that fails, abandon the segment."""
+        try:
+            assert self._fd is not None
+            os.ftruncate(self._fd, self._seg_size)
+        except OSError:
+            self._seal(fsync=False)
+
+    def _rotate(self) -> None:
+        self._seal(fsync=True)
+        self._new_segment()
+
+    def _seal(self, fsync: bool) -> None:
+        with self._sync_cond:
+            while self._syncing:
+                self._sync_cond.wait()
+            fd, self._fd = self._fd, None
+            try:
+                if fd is not None and fsync:
+                    os.fsync(fd)
+                    self._durable = self._accepted
+            finally:
+                if fd is not None:
+                    os.close(fd)
+                    self._sealed.append((self._seg_base, self._seg_path, self._seg_size))
+                self._sync_cond.notify_all()
+
+    def _new_segment(self) -> None:
+        header = SegmentHeader(
+            self.lane, self._next_seq, time.time_ns(), self._last_hash, self._flags
+        )
+        fd, path = create_segment(self._dir, header)
+        with self._sync_cond:
+            self._fd = fd
+        self._seg_base, self._seg_path = self._next_seq, path
+        self._seg_size, self._seg_records, self._seg_created_ns = HEADER_SIZE, 0, header.created_ns
+        self._refresh_sizes(force=True)
+
+    # -- size cap -------------------------------------------------------------------
+
+    def _lane_bytes(self) -> int:
+        return sum(size for _, _, size in self._sealed) + (self._seg_size if self._fd else 0)
+
+    def _refresh_sizes(self, force: bool = False) -> None:
+        """Re-read segment sizes (the drainer deletes acked segments); rate-limited."""
+        now = time.monotonic()
+        if not force and now - self._last_refresh < _REFRESH_MIN_S:
+            return
+        self._last_refresh = now
+        active = getattr(self, "_seg_path", None)
+        self._sealed = [
+            (base, path, _size(path)) for base, path in list_segments(self._dir) if path != active
+        ]
+        self._other_bytes = sum(
+            _size(path)
+            for lane in list_lanes(self.spool_dir)
+            if lane != self.lane
+            for _, path in list_segments(lane_dir(self.spool_dir, lane))
+        )
+
+    def _over_cap(self, need: int) -> bool:
+        return self._other_bytes + self._lane_bytes() + need > self.config.max_spool_bytes
+
+    def _make_room(self, need: int) -> None:
+        self._refresh_sizes()
+        if not self._over_cap(need):
+            return
+        policy = self.config.overflow
+        if policy == "drop_oldest":
+            self._drop_oldest(need)
+            if not self._over_cap(need):
+                return
+        elif policy == "block":
+            deadline = time.monotonic() + self.config.block_timeout_s
+            while self._over_cap(need) and time.monotonic() < deadline:
+                self._space.wait(_REFRESH_MIN_S)
+                self._space.clear()
+                self._refresh_sizes(force=True)
+            if not self._over_cap(need):
+                return
+        self._dropped += 1
+        self._dropped_unrecorded += 1
+        raise SpoolFullError(
+            f"spool {self.spool_dir} is full ({self.config.max_spool_bytes} bytes); record dropped"
+        )
+
+    def _drop_oldest(self, need: int) -> None:
+        """Unlink our oldest sealed segments; one gap record names everything lost so far.
+
+        The range runs from the cursor on, so it stays true even when an earlier
+        gap record was itself in a dropped segment.
+        """
+        cursor = load_cursor(self._dir, self.lane)
+        acked = cursor.acked_seq if cursor else 0
+        dropped_to = 0
+        while self._sealed and self._over_cap(need):
+            base, path, _ = self._sealed.pop(0)
+            last = self._sealed[0][0] - 1 if self._sealed else self._seg_base - 1
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            if last > acked:
+                self._dropped += last - max(base, acked + 1) + 1
+                dropped_to = last
+        fsync_dir(self._dir)
+        if dropped_to:
+            self._write(
+                Kind.GAP,
+                encode_body(
+                    {"reason": "overflow", "count": dropped_to - acked, "first_seq": acked + 1,
+                     "last_seq": dropped_to, "detail": "drop_oldest: max_spool_bytes reached"}
+                ),
+            )
+
+    def _write_pending_gap(self) -> None:
+        if not self._dropped_unrecorded:
+            return
+        count = self._dropped_unrecorded
+        self._write(
+            Kind.GAP,
+            encode_body(
+                {"reason": "overflow", "count": count, "first_seq": None, "last_seq": None,
+                 "detail": f"{self.config.overflow}: max_spool_bytes reached"}
+            ),
+        )
+        self._dropped_unrecorded = 0
+
+    def notify_space(self) -> None:
+        """Wake an append blocked on a full spool (the drainer calls this after deleting)."""
+        self._space.set()
+
+    # -- durability -----------------------------------------------------------------
+
+    def _sync(self, target: Optional[int] = None) -> None:
+        """Group commit: one thread fsyncs for everyone waiting up to ``target``."""
+        with self._sync_cond:
+            while True:
+                goal = self._accepted if target is None else target
+                if self._durable >= goal or self._fd is None:
+                    return
+                if not self._syncing:
+                    self._syncing = True
+                    break
+                self._sync_cond.wait()
+            upto, fd = self._accepted, self._fd
+        synced = False
+        try:
+            os.fsync(fd)
+            synced = True
+        finally:
+            with self._sync_cond:
+                self._syncing = False
+                if synced:
+                    self._durable = max(self._durable, upto)
+                self._sync_cond.notify_all()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.config.fsync_interval_s):
+            try:
+                self._sync()
+            except OSError as exc:
+                self._last_error = f"fsync failed: {exc}"
+
+    def _stop_flusher(self) -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+
+    def _release(self) -> None:
+        if self._lane_lock.is_locked:
+            self._lane_lock.release()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0

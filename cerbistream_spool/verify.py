@@ -1,0 +1,293 @@
+"""verify(spool_dir) → VerifyReport: checks exactly what docs/FORMAT.md §9 lists.
+
+Framing and checksums, sequence continuity, chain links within and across
+segments, HMAC signatures when a key is given ("unchecked" otherwise), the
+cursor pointing at a real record, and the clean-close marker against the
+actual tail. Read-only; never raises on file contents. The CLI only prints
+the report.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from cerbistream_spool.spool.chain import GENESIS, Chain
+from cerbistream_spool.spool.cursor import Cursor, read_cursor
+from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir, lane_is_live, list_lanes
+from cerbistream_spool.spool.record import (
+    FrameStatus,
+    Kind,
+    Record,
+    decode_body,
+    decode_payload,
+    find_next_frame,
+    read_frame,
+)
+from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_segments
+
+__all__ = ["PROBLEM_KINDS", "Problem", "VerifyReport", "verify"]
+
+PROBLEM_KINDS = (
+    "checksum", "chain", "truncated-tail", "missing-segment", "cursor", "signature", "format",
+)
+_MAX_PROBLEMS = 10_000
+
+
+@dataclass
+class Problem:
+    """One finding, with where it was found (CONTRACT §5)."""
+
+    lane: int
+    segment: str
+    offset: int
+    seq: Optional[int]
+    kind: str
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` found; ``valid`` is True when ``problems`` is empty."""
+
+    records: int = 0
+    segments: int = 0
+    pending: int = 0
+    problems: List[Problem] = field(default_factory=list)
+    signatures: str = "none"  # none | checked | unchecked (keyed chain, no key given)
+    lanes: List[Dict[str, Any]] = field(default_factory=list)
+    quarantined: List[str] = field(default_factory=list)
+    gaps: List[Dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``verify --json`` object."""
+        return {
+            "valid": self.valid,
+            "records": self.records,
+            "segments": self.segments,
+            "pending": self.pending,
+            "problems": [asdict(p) for p in self.problems],
+            "signatures": self.signatures,
+            "lanes": self.lanes,
+            "quarantined": self.quarantined,
+            "gaps": self.gaps,
+        }
+
+
+def verify(spool_dir: str, key: Optional[bytes] = None) -> VerifyReport:
+    """Check every lane of ``spool_dir``; see the module docstring."""
+    report = VerifyReport()
+    if not os.path.isdir(spool_dir):
+        report.problems.append(Problem(-1, "", 0, None, "format", f"{spool_dir} is not a directory"))
+        return report
+    for lane in list_lanes(spool_dir):
+        _LaneCheck(spool_dir, lane, key, report).run()
+    qdir = os.path.join(spool_dir, QUARANTINE_DIR)
+    if os.path.isdir(qdir):
+        report.quarantined = sorted(os.listdir(qdir))
+    return report
+
+
+class _LaneCheck:
+    """Walks one lane's segments in order, keeping the chain state between them."""
+
+    def __init__(self, spool_dir: str, lane: int, key: Optional[bytes], report: VerifyReport):
+        self.lane = lane
+        self.dir = lane_dir(spool_dir, lane)
+        self.live = lane_is_live(spool_dir, lane)
+        self.report = report
+        self.sha = Chain(None)
+        self.hmac = Chain(key) if key else None
+        self.prev: Optional[Record] = None  # last valid record, None after a break
+        self.last: Optional[Record] = None  # last valid record seen at all
+        self.resynced = False
+        self.holes: List[Tuple[int, int, str]] = []
+        self.covered: List[Tuple[int, int]] = []
+        self.cursor = Cursor(lane)
+        self.cursor_found = False
+        self.records = 0
+        self.pending = 0
+        self.tail_reported = False
+
+    def problem(self, segment: str, offset: int, seq: Optional[int], kind: str, detail: str) -> None:
+        if len(self.report.problems) < _MAX_PROBLEMS:
+            self.report.problems.append(Problem(self.lane, segment, offset, seq, kind, detail))
+
+    def run(self) -> None:
+        found = read_cursor(self.dir, self.lane)
+        if isinstance(found, str):
+            self.problem("cursor", 0, None, "cursor", found)
+        else:
+            self.cursor = found
+        segments = list_segments(self.dir)
+        for index, (base, path) in enumerate(segments):
+            self.segment(base, path, is_last=index == len(segments) - 1)
+        self.finish(segments)
+
+    # -- one segment ----------------------------------------------------------------------
+
+    def segment(self, base: int, path: str, is_last: bool) -> None:
+        name = os.path.basename(path)
+        self.report.segments += 1
+        try:
+            with open(path, "rb") as fh:
+                buf = fh.read()
+        except OSError as exc:
+            self.problem(name, 0, None, "format", f"unreadable: {exc}")
+            self.prev = None
+            return
+        header = decode_header(buf)
+        if isinstance(header, str) or header.base_seq != base or header.lane != self.lane:
+            detail = header if isinstance(header, str) else (
+                f"header says lane {header.lane} base {header.base_seq}; file is lane"
+                f" {self.lane} base {base}"
+            )
+            self.problem(name, 0, base, "format", detail)
+            self.prev = None
+            self.resynced = True
+            return
+        if header.keyed:
+            self.report.signatures = "checked" if self.hmac else "unchecked"
+        self.link_segment(name, base, header.anchor)
+        anchor: Optional[bytes] = header.anchor
+        offset = HEADER_SIZE
+        first = True
+        while True:
+            frame = read_frame(buf, offset)
+            if frame.status is FrameStatus.END:
+                return
+            if frame.status is FrameStatus.TORN:
+                if not (is_last and self.live):
+                    self.tail_reported = True
+                    self.problem(name, offset, None, "truncated-tail", frame.detail)
+                return
+            rec = decode_payload(frame.payload) if frame.status is FrameStatus.OK else frame.detail
+            if isinstance(rec, str):
+                kind = "checksum" if frame.status is FrameStatus.CORRUPT else "format"
+                self.problem(name, offset, None, kind, rec)
+                resync = find_next_frame(buf, offset + 1)
+                if resync is None:
+                    self.tail_reported = self.tail_reported or is_last
+                    return
+                offset, self.resynced, anchor = resync, True, None
+                continue
+            if first and rec.seq != base and not self.resynced:
+                self.problem(name, offset, rec.seq, "format", f"first record is seq {rec.seq}")
+            self.record(name, offset, rec, anchor, header.keyed)
+            anchor, first, offset = rec.hash, False, frame.end
+
+    def link_segment(self, name: str, base: int, anchor: bytes) -> None:
+        prev = self.prev
+        if prev is None:
+            if self.last is None:  # first segment present in the lane
+                acked = self.cursor.acked_seq
+                if base == 1 and anchor != GENESIS:
+                    self.problem(name, 0, base, "chain", "first segment does not anchor at genesis")
+                if base > acked + 1:
+                    self.holes.append((acked + 1, base - 1, name))
+                elif acked and base == acked + 1 and anchor != self.cursor.acked_hash:
+                    self.problem(name, 0, base, "cursor", "cursor hash differs from segment anchor")
+            return
+        if base <= prev.seq:
+            self.problem(name, 0, base, "format", f"segment overlaps seq {prev.seq} of the previous")
+        elif base > prev.seq + 1:
+            self.holes.append((prev.seq + 1, base - 1, name))
+        elif anchor != prev.hash:
+            self.problem(name, 0, base, "chain", "anchor is not the previous segment's last hash")
+
+    def record(
+        self, name: str, offset: int, rec: Record, anchor: Optional[bytes], keyed: bool
+    ) -> None:
+        """Check one record against its predecessor; ``anchor`` is the expected prev_hash."""
+        body: Any = None
+        if rec.kind == Kind.GAP:
+            body = _safe_body(rec.body)
+            if isinstance(body, dict):
+                self.report.gaps.append({"lane": self.lane, "seq": rec.seq, **body})
+                first, last = body.get("first_seq"), body.get("last_seq")
+                if isinstance(first, int) and isinstance(last, int) and first <= last:
+                    self.covered.append((first, last))
+        prev = self.prev
+        if not self.resynced:
+            if anchor is not None and rec.prev_hash != anchor:
+                self.problem(name, offset, rec.seq, "chain", "prev_hash does not link")
+            if prev is not None and offset != HEADER_SIZE and rec.seq != prev.seq + 1:
+                inline_gap = (
+                    isinstance(body, dict)
+                    and body.get("first_seq") == prev.seq + 1
+                    and body.get("last_seq") == rec.seq - 1
+                )
+                if not inline_gap:
+                    self.problem(name, offset, rec.seq, "chain", f"seq {rec.seq} after {prev.seq}")
+        self.check_hash(name, offset, rec, keyed)
+        if rec.seq == self.cursor.acked_seq:
+            self.cursor_found = True
+            if rec.hash != self.cursor.acked_hash:
+                self.problem("cursor", 0, rec.seq, "cursor", "cursor hash differs from the record")
+        if rec.kind == Kind.EVENT and rec.seq > self.cursor.acked_seq:
+            self.pending += 1
+        self.records += 1
+        self.prev = self.last = rec
+        self.resynced = False
+
+    def check_hash(self, name: str, offset: int, rec: Record, keyed: bool) -> None:
+        canonical = rec.canonical()
+        if not keyed:
+            if not self.sha.matches(rec.prev_hash, canonical, rec.hash):
+                self.problem(name, offset, rec.seq, "chain", "sha256 does not match the record")
+        elif self.hmac is not None and not self.hmac.matches(rec.prev_hash, canonical, rec.hash):
+            self.problem(name, offset, rec.seq, "signature", "HMAC-SHA256 does not match")
+
+    # -- lane end ---------------------------------------------------------------------------
+
+    def finish(self, segments: List[Tuple[int, str]]) -> None:
+        last_name = os.path.basename(segments[-1][1]) if segments else ""
+        for lo, hi, name in self.holes:
+            if not _covered(lo, hi, self.covered):
+                self.problem(name, 0, lo, "missing-segment", f"records {lo}..{hi} are missing")
+        acked = self.cursor.acked_seq
+        if acked and not self.cursor_found:
+            top = self.last.seq if self.last else 0
+            if acked > top:
+                self.problem("cursor", 0, acked, "cursor", f"cursor at {acked}, lane ends at {top}")
+            elif segments and acked >= segments[0][0]:
+                self.problem("cursor", 0, acked, "cursor", f"cursor seq {acked} is not in the lane")
+        if not self.live and not self.tail_reported and self.last is not None:
+            if self.last.kind != Kind.CLOSE:
+                self.problem(
+                    last_name, 0, self.last.seq, "truncated-tail",
+                    f"lane ends at seq {self.last.seq} without a clean-close marker"
+                    " (writer crashed or tail removed)",
+                )
+        self.report.records += self.records
+        self.report.pending += self.pending
+        self.report.lanes.append(
+            {"lane": self.lane, "segments": len(segments), "records": self.records,
+             "pending": self.pending, "acked_seq": acked, "live": self.live,
+             "last_seq": self.last.seq if self.last else None}
+        )
+
+
+def _safe_body(body: bytes) -> Any:
+    try:
+        return decode_body(body)
+    except Exception:  # noqa: BLE001 — arbitrary bytes must not crash verify
+        return None
+
+
+def _covered(lo: int, hi: int, ranges: List[Tuple[int, int]]) -> bool:
+    """True when the union of ``ranges`` covers lo..hi."""
+    need = lo
+    for first, last in sorted(ranges):
+        if first > need:
+            break
+        need = max(need, last + 1)
+        if need > hi:
+            return True
+    return need > hi
