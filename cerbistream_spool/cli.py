@@ -24,7 +24,9 @@ def main() -> None:
 @click.argument("spool_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option(
-    "--key-env", default=ENV_KEY, show_default=True,
+    "--key-env",
+    default=ENV_KEY,
+    show_default=True,
     help="Environment variable holding the HMAC signing key.",
 )
 def verify_cmd(spool_dir: str, as_json: bool, key_env: str) -> None:
@@ -42,9 +44,7 @@ def verify_cmd(spool_dir: str, as_json: bool, key_env: str) -> None:
             f" {report.pending} pending, signatures {report.signatures}"
         )
         for p in report.problems:
-            click.echo(
-                f"  {p.kind}: lane {p.lane} {p.segment} @{p.offset} seq {p.seq}: {p.detail}"
-            )
+            click.echo(f"  {p.kind}: lane {p.lane} {p.segment} @{p.offset} seq {p.seq}: {p.detail}")
         for gap in report.gaps:
             click.echo(
                 f"  gap (lane {gap['lane']} seq {gap['seq']}): {gap.get('reason')}"

@@ -3,7 +3,7 @@
 ::
 
     CerbiSpoolError                  base of everything raised by this package
-    ├── GovernanceConfigError        cerbi_governance.json missing, bad JSON, unknown profile, bad rule
+    ├── GovernanceConfigError        governance file missing, bad JSON, unknown profile, bad rule
     ├── SpoolConfigError             invalid handler/spool option (bad fsync mode, sizes, ...)
     ├── SpoolError                   the spool could not do what was asked
     │   ├── SpoolClosedError         append/flush after close()

@@ -30,7 +30,13 @@ from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_se
 __all__ = ["PROBLEM_KINDS", "Problem", "VerifyReport", "verify"]
 
 PROBLEM_KINDS = (
-    "checksum", "chain", "truncated-tail", "missing-segment", "cursor", "signature", "format",
+    "checksum",
+    "chain",
+    "truncated-tail",
+    "missing-segment",
+    "cursor",
+    "signature",
+    "format",
 )
 _MAX_PROBLEMS = 10_000
 
@@ -84,7 +90,9 @@ def verify(spool_dir: str, key: Optional[bytes] = None) -> VerifyReport:
     """Check every lane of ``spool_dir``; see the module docstring."""
     report = VerifyReport()
     if not os.path.isdir(spool_dir):
-        report.problems.append(Problem(-1, "", 0, None, "format", f"{spool_dir} is not a directory"))
+        report.problems.append(
+            Problem(-1, "", 0, None, "format", f"{spool_dir} is not a directory")
+        )
         return report
     for lane in list_lanes(spool_dir):
         _LaneCheck(spool_dir, lane, key, report).run()
@@ -115,7 +123,9 @@ class _LaneCheck:
         self.pending = 0
         self.tail_reported = False
 
-    def problem(self, segment: str, offset: int, seq: Optional[int], kind: str, detail: str) -> None:
+    def problem(
+        self, segment: str, offset: int, seq: Optional[int], kind: str, detail: str
+    ) -> None:
         if len(self.report.problems) < _MAX_PROBLEMS:
             self.report.problems.append(Problem(self.lane, segment, offset, seq, kind, detail))
 
@@ -144,9 +154,13 @@ class _LaneCheck:
             return
         header = decode_header(buf)
         if isinstance(header, str) or header.base_seq != base or header.lane != self.lane:
-            detail = header if isinstance(header, str) else (
-                f"header says lane {header.lane} base {header.base_seq}; file is lane"
-                f" {self.lane} base {base}"
+            detail = (
+                header
+                if isinstance(header, str)
+                else (
+                    f"header says lane {header.lane} base {header.base_seq}; file is lane"
+                    f" {self.lane} base {base}"
+                )
             )
             self.problem(name, 0, base, "format", detail)
             self.prev = None
@@ -178,7 +192,7 @@ class _LaneCheck:
                 offset, self.resynced, anchor = resync, True, None
                 continue
             if first and rec.seq != base and not self.resynced:
-                self.problem(name, offset, rec.seq, "format", f"first record is seq {rec.seq}")
+                self.problem(name, offset, rec.seq, "chain", f"first record is seq {rec.seq}")
             self.record(name, offset, rec, anchor, header.keyed)
             anchor, first, offset = rec.hash, False, frame.end
 
@@ -195,7 +209,9 @@ class _LaneCheck:
                     self.problem(name, 0, base, "cursor", "cursor hash differs from segment anchor")
             return
         if base <= prev.seq:
-            self.problem(name, 0, base, "format", f"segment overlaps seq {prev.seq} of the previous")
+            self.problem(
+                name, 0, base, "format", f"segment overlaps seq {prev.seq} of the previous"
+            )
         elif base > prev.seq + 1:
             self.holes.append((prev.seq + 1, base - 1, name))
         elif anchor != prev.hash:
@@ -258,19 +274,29 @@ class _LaneCheck:
                 self.problem("cursor", 0, acked, "cursor", f"cursor at {acked}, lane ends at {top}")
             elif segments and acked >= segments[0][0]:
                 self.problem("cursor", 0, acked, "cursor", f"cursor seq {acked} is not in the lane")
-        if not self.live and not self.tail_reported and self.last is not None:
-            if self.last.kind != Kind.CLOSE:
-                self.problem(
-                    last_name, 0, self.last.seq, "truncated-tail",
-                    f"lane ends at seq {self.last.seq} without a clean-close marker"
-                    " (writer crashed or tail removed)",
-                )
+        last = self.last
+        unclosed = last is not None and last.kind != Kind.CLOSE
+        if unclosed and last is not None and not self.live and not self.tail_reported:
+            self.problem(
+                last_name,
+                0,
+                last.seq,
+                "truncated-tail",
+                f"lane ends at seq {last.seq} without a clean-close marker"
+                " (writer crashed or tail removed)",
+            )
         self.report.records += self.records
         self.report.pending += self.pending
         self.report.lanes.append(
-            {"lane": self.lane, "segments": len(segments), "records": self.records,
-             "pending": self.pending, "acked_seq": acked, "live": self.live,
-             "last_seq": self.last.seq if self.last else None}
+            {
+                "lane": self.lane,
+                "segments": len(segments),
+                "records": self.records,
+                "pending": self.pending,
+                "acked_seq": acked,
+                "live": self.live,
+                "last_seq": self.last.seq if self.last else None,
+            }
         )
 
 

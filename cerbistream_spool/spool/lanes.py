@@ -54,8 +54,12 @@ def lane_lock(spool_dir: str, lane: int) -> FileLock:
 def _lock(path: str) -> FileLock:
     # preserve_lock_file: never unlink a lock another process may be waiting on.
     return FileLock(
-        path, timeout=0, mode=FILE_MODE, thread_local=False,
-        preserve_lock_file=True, fallback_to_soft=False,
+        path,
+        timeout=0,
+        mode=FILE_MODE,
+        thread_local=False,
+        preserve_lock_file=True,
+        fallback_to_soft=False,
     )
 
 

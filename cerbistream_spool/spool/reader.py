@@ -166,7 +166,9 @@ class SpoolReader:
             idx = bases.index(pos.base)
             newer = idx + 1 < len(bases)
             path = segments[idx][1]
-            more, used = self._scan(lane, path, pos, records, max_records, max_bytes - nbytes)
+            more, used = self._scan(
+                lane, path, pos, records, max_records=max_records, max_bytes=max_bytes - nbytes
+            )
             nbytes += used
             if more:
                 continue
@@ -180,7 +182,13 @@ class SpoolReader:
         return Batch(lane, records, nbytes)
 
     def _scan(
-        self, lane: int, path: str, pos: _Position, out: List[Record], max_records: int,
+        self,
+        lane: int,
+        path: str,
+        pos: _Position,
+        out: List[Record],
+        *,
+        max_records: int,
         max_bytes: int,
     ) -> Tuple[bool, int]:
         """Append records of one segment to ``out``; (a limit stopped us, payload bytes read)."""
@@ -243,8 +251,13 @@ class SpoolReader:
     def _problem(self, lane: int, path: str, offset: int, kind: str, detail: str) -> None:
         if len(self.problems) < _MAX_PROBLEMS:
             self.problems.append(
-                {"lane": lane, "segment": os.path.basename(path), "offset": offset,
-                 "kind": kind, "detail": detail}
+                {
+                    "lane": lane,
+                    "segment": os.path.basename(path),
+                    "offset": offset,
+                    "kind": kind,
+                    "detail": detail,
+                }
             )
 
 

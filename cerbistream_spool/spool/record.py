@@ -24,7 +24,7 @@ import mmap
 import struct
 import zlib
 from enum import IntEnum
-from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Union
+from typing import Any, Iterator, NamedTuple, Optional, Tuple, Union
 
 import msgpack
 
@@ -105,7 +105,7 @@ class Frame(NamedTuple):
 
 def encode_body(value: Any) -> bytes:
     """msgpack-encode an event or marker body."""
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(value, use_bin_type=True)
 
 
 def decode_body(body: bytes) -> Any:
@@ -143,6 +143,8 @@ def read_frame(buf: Buffer, offset: int) -> Frame:
         return Frame(FrameStatus.CORRUPT, offset, offset, b"", f"implausible length {size}")
     end = offset + 4 + size + 8
     if end > total:
+        if _damaged_length(buf, offset, total):
+            return Frame(FrameStatus.CORRUPT, offset, total, b"", "length field damaged")
         return Frame(FrameStatus.TORN, offset, total, b"", f"frame of {size} bytes runs past end")
     payload = bytes(buf[offset + 4 : offset + 4 + size])
     crc, trailer = struct.unpack_from("<II", buf, offset + 4 + size)
@@ -154,6 +156,21 @@ def read_frame(buf: Buffer, offset: int) -> Frame:
             FrameStatus.CORRUPT, offset, end, payload, f"crc32 {actual:#010x} != stored {crc:#010x}"
         )
     return Frame(FrameStatus.OK, offset, end, payload, "")
+
+
+def _damaged_length(buf: Buffer, offset: int, total: int) -> bool:
+    """True when the bytes to the end form a whole valid frame by its *trailing* length.
+
+    Tells a flipped leading length (corruption) from a frame cut short (torn).
+    """
+    if total - offset < FRAME_OVERHEAD + _MIN_PAYLOAD:
+        return False
+    (trailer,) = _U32.unpack_from(buf, total - 4)
+    if offset + 4 + trailer + 8 != total:
+        return False
+    (crc,) = _U32.unpack_from(buf, total - 8)
+    payload = bytes(buf[offset + 4 : total - 8])
+    return zlib.crc32(payload, zlib.crc32(_U32.pack(trailer))) == crc
 
 
 def find_next_frame(buf: Buffer, start: int) -> Optional[int]:

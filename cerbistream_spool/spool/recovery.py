@@ -17,7 +17,6 @@ Never loops, never raises on file contents (only on I/O errors).
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -34,7 +33,12 @@ from cerbistream_spool.spool.record import (
     find_next_frame,
     read_frame,
 )
-from cerbistream_spool.spool.segments import HEADER_SIZE, SegmentHeader, decode_header, list_segments
+from cerbistream_spool.spool.segments import (
+    HEADER_SIZE,
+    SegmentHeader,
+    decode_header,
+    list_segments,
+)
 
 __all__ = ["LaneState", "Tail", "recover_lane", "scan_tail"]
 
@@ -75,8 +79,12 @@ def scan_tail(buf: bytes) -> Tail:
         if resync is None:  # nothing valid after it: a torn (partially written) tail
             return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=detail)
         return Tail(
-            offset, last, count, corrupt_at=offset,
-            max_seq_after=_max_seq_from(buf, resync), detail=detail,
+            offset,
+            last,
+            count,
+            corrupt_at=offset,
+            max_seq_after=_max_seq_from(buf, resync),
+            detail=detail,
         )
 
 
@@ -140,9 +148,14 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
     segments = list_segments(ldir)
     sealed = [(base, path, os.path.getsize(path)) for base, path in segments[:-1]]
     state = LaneState(
-        lane, max(1, cursor.acked_seq + 1),
+        lane,
+        max(1, cursor.acked_seq + 1),
         cursor.acked_hash if cursor.acked_seq else GENESIS,
-        None, sealed, cursor, clean=True, notes=notes,
+        None,
+        sealed,
+        cursor,
+        clean=True,
+        notes=notes,
     )
     if not segments:
         return state
@@ -220,6 +233,9 @@ def _last_record(path: str, seq: int, digest: bytes) -> Tuple[int, bytes]:
 
 def _gap(first: int, last: int, reason: str, detail: str) -> Dict[str, Any]:
     return {
-        "reason": reason, "count": last - first + 1,
-        "first_seq": first, "last_seq": last, "detail": detail,
+        "reason": reason,
+        "count": last - first + 1,
+        "first_seq": first,
+        "last_seq": last,
+        "detail": detail,
     }

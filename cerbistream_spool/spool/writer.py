@@ -108,8 +108,12 @@ class SpoolWriter:
             self._write(
                 Kind.OPEN,
                 encode_body(
-                    {"pid": os.getpid(), "clean": state.clean,
-                     "truncated_bytes": state.truncated_bytes, "notes": state.notes}
+                    {
+                        "pid": os.getpid(),
+                        "clean": state.clean,
+                        "truncated_bytes": state.truncated_bytes,
+                        "notes": state.notes,
+                    }
                 ),
             )
         self._sync()
@@ -326,8 +330,13 @@ class SpoolWriter:
             self._write(
                 Kind.GAP,
                 encode_body(
-                    {"reason": "overflow", "count": dropped_to - acked, "first_seq": acked + 1,
-                     "last_seq": dropped_to, "detail": "drop_oldest: max_spool_bytes reached"}
+                    {
+                        "reason": "overflow",
+                        "count": dropped_to - acked,
+                        "first_seq": acked + 1,
+                        "last_seq": dropped_to,
+                        "detail": "drop_oldest: max_spool_bytes reached",
+                    }
                 ),
             )
 
@@ -338,14 +347,20 @@ class SpoolWriter:
         self._write(
             Kind.GAP,
             encode_body(
-                {"reason": "overflow", "count": count, "first_seq": None, "last_seq": None,
-                 "detail": f"{self.config.overflow}: max_spool_bytes reached"}
+                {
+                    "reason": "overflow",
+                    "count": count,
+                    "first_seq": None,
+                    "last_seq": None,
+                    "detail": f"{self.config.overflow}: max_spool_bytes reached",
+                }
             ),
         )
         self._dropped_unrecorded = 0
 
     def notify_space(self) -> None:
-        """Wake an append blocked on a full spool (the drainer calls this after deleting)."""
+        """Space was freed (the drainer calls this after deleting): re-read sizes, wake waiters."""
+        self._last_refresh = 0.0
         self._space.set()
 
     # -- durability -----------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""SpoolReader: batches from the cursor on, across segments and lanes; acks are durable."""
+
+from __future__ import annotations
+
+import os
+
+from spoolkit import SMALL, build, event, event_ids, read_all, segments
+
+from cerbistream_spool import verify
+from cerbistream_spool.spool import SpoolReader, SpoolWriter
+from cerbistream_spool.spool.cursor import read_cursor
+from cerbistream_spool.spool.lanes import lane_dir
+
+
+def test_batches_respect_limits_and_cover_every_record_once(spool_dir: str) -> None:
+    build(spool_dir, 200)
+    reader = SpoolReader(spool_dir)
+    seen = []
+    for batch in reader.batches(max_records=7, max_bytes=1 << 20):
+        assert 1 <= len(batch.records) <= 7
+        assert [r.seq for r in batch.records] == list(range(batch.first_seq, batch.last_seq + 1))
+        seen.extend(batch.records)
+    assert event_ids(seen) == [f"id-{i}" for i in range(200)]
+
+
+def test_reads_the_active_segment_while_the_writer_appends(spool_dir: str) -> None:
+    with SpoolWriter(spool_dir, SMALL) as writer:
+        reader = SpoolReader(spool_dir)
+        writer.append(event(0))
+        assert event_ids(next(reader.batches()).records) == ["id-0"]
+        assert reader.read_batch() is None
+        writer.append(event(1))
+        assert event_ids(reader.read_batch().records) == ["id-1"]
+
+
+def test_ack_persists_the_cursor_then_unlinks_acknowledged_segments(spool_dir: str) -> None:
+    build(spool_dir, 150)
+    before = segments(spool_dir)
+    reader = SpoolReader(spool_dir)
+    batch = reader.read_batch(max_records=80)
+    reader.ack(batch)
+    cursor = read_cursor(lane_dir(spool_dir, 0), 0)
+    assert cursor.acked_seq == batch.last_seq and cursor.acked_hash == batch.records[-1].hash
+    after = segments(spool_dir)
+    assert after[0][0] <= batch.last_seq + 1 < (after[1][0] if len(after) > 1 else 10**9)
+    assert len(after) < len(before)
+    fresh = SpoolReader(spool_dir)  # a new reader (a restarted drainer) starts at the cursor
+    assert fresh.read_batch().first_seq == batch.last_seq + 1
+    assert verify(spool_dir).valid
+
+
+def test_a_fully_acknowledged_unowned_lane_is_removed(spool_dir: str) -> None:
+    build(spool_dir, 20)
+    read_all(spool_dir, ack=True)
+    assert SpoolReader(spool_dir).read_batch() is None
+    assert not os.path.exists(lane_dir(spool_dir, 0))
+    assert verify(spool_dir).valid
+
+
+def test_an_owned_lane_is_kept_even_when_fully_acknowledged(spool_dir: str) -> None:
+    with SpoolWriter(spool_dir, SMALL) as writer:
+        writer.append(event(0))
+        read_all(spool_dir, ack=True)
+        SpoolReader(spool_dir).read_batch()
+        assert os.path.isdir(lane_dir(spool_dir, 0))
+        writer.append(event(1))
+    assert event_ids(read_all(spool_dir)) == ["id-1"]
+
+
+def test_lanes_are_read_round_robin(spool_dir: str) -> None:
+    with SpoolWriter(spool_dir, SMALL) as a, SpoolWriter(spool_dir, SMALL) as b:
+        for i in range(30):
+            a.append(event(i))
+            b.append(event(100 + i))
+    reader = SpoolReader(spool_dir)
+    lanes = [reader.read_batch(max_records=5).lane for _ in range(4)]
+    assert lanes == [0, 1, 0, 1]
+
+
+def test_a_segment_deleted_under_the_reader_is_skipped(spool_dir: str) -> None:
+    build(spool_dir, 120)
+    reader = SpoolReader(spool_dir)
+    reader.read_batch(max_records=3)
+    os.unlink(segments(spool_dir)[0][1])
+    rest = [r.seq for b in reader.batches() for r in b.records]
+    assert rest and rest[0] == segments(spool_dir)[0][0]
