@@ -31,7 +31,7 @@ from cerbistream_spool.spool.record import (
 )
 from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_segments
 
-__all__ = ["Batch", "SpoolReader"]
+__all__ = ["Batch", "SpoolReader", "oldest_pending_ns"]
 
 _MAX_PROBLEMS = 1000
 
@@ -259,6 +259,12 @@ class SpoolReader:
                     "detail": detail,
                 }
             )
+
+
+def oldest_pending_ns(spool_dir: str, lane: int) -> Optional[int]:
+    """Append time of the lane's oldest unacknowledged record, or None when none is pending."""
+    batch = SpoolReader(spool_dir, remove_idle_lanes=False)._read_lane(lane, 1, 1 << 30)
+    return batch.records[0].ts_ns if batch else None
 
 
 def _segment_for(bases: List[int], seq: int) -> int:

@@ -170,7 +170,7 @@ def _damaged_length(buf: Buffer, offset: int, total: int) -> bool:
         return False
     (crc,) = _U32.unpack_from(buf, total - 8)
     payload = bytes(buf[offset + 4 : total - 8])
-    return zlib.crc32(payload, zlib.crc32(_U32.pack(trailer))) == crc
+    return bool(zlib.crc32(payload, zlib.crc32(_U32.pack(trailer))) == crc)
 
 
 def find_next_frame(buf: Buffer, start: int) -> Optional[int]:

@@ -87,8 +87,11 @@ class SpoolWriter:
         self._next_seq = state.next_seq
         self._last_hash = state.last_hash
         self._sealed: List[Tuple[int, str, int]] = state.sealed
+        self._other_bytes = 0
+        self._fixed_bytes = 0  # other lanes + our sealed segments; the active one is _seg_size
         self._accepted = self._durable = self._next_seq - 1
-        self._seg_records = 0
+        self._seg_records = self._seg_size = self._seg_base = self._seg_created_ns = 0
+        self._seg_path = ""
         if state.active is not None:
             base, path, header, size = state.active
             if size > HEADER_SIZE or base == self._next_seq:
@@ -208,7 +211,9 @@ class SpoolWriter:
         frame, digest = encode_record(seq, kind, now, self._last_hash, body, self._chain)
         assert self._fd is not None
         try:
-            write_all(self._fd, frame)
+            written = os.write(self._fd, frame)
+            if written != len(frame):  # a short write is legal: finish it
+                write_all(self._fd, frame[written:])
         except OSError as exc:
             self._last_error = f"write failed: {exc}"
             self._cut_back()
@@ -245,6 +250,7 @@ class SpoolWriter:
                 if fd is not None:
                     os.close(fd)
                     self._sealed.append((self._seg_base, self._seg_path, self._seg_size))
+                    self._fixed_bytes += self._seg_size
                 self._sync_cond.notify_all()
 
     def _new_segment(self) -> None:
@@ -261,7 +267,7 @@ class SpoolWriter:
     # -- size cap -------------------------------------------------------------------
 
     def _lane_bytes(self) -> int:
-        return sum(size for _, _, size in self._sealed) + (self._seg_size if self._fd else 0)
+        return self._fixed_bytes - self._other_bytes + (self._seg_size if self._fd else 0)
 
     def _refresh_sizes(self, force: bool = False) -> None:
         """Re-read segment sizes (the drainer deletes acked segments); rate-limited."""
@@ -269,7 +275,7 @@ class SpoolWriter:
         if not force and now - self._last_refresh < _REFRESH_MIN_S:
             return
         self._last_refresh = now
-        active = getattr(self, "_seg_path", None)
+        active = self._seg_path if self._fd is not None else None
         self._sealed = [
             (base, path, _size(path)) for base, path in list_segments(self._dir) if path != active
         ]
@@ -279,9 +285,10 @@ class SpoolWriter:
             if lane != self.lane
             for _, path in list_segments(lane_dir(self.spool_dir, lane))
         )
+        self._fixed_bytes = self._other_bytes + sum(size for _, _, size in self._sealed)
 
     def _over_cap(self, need: int) -> bool:
-        return self._other_bytes + self._lane_bytes() + need > self.config.max_spool_bytes
+        return self._fixed_bytes + self._seg_size + need > self.config.max_spool_bytes
 
     def _make_room(self, need: int) -> None:
         self._refresh_sizes()
@@ -316,7 +323,8 @@ class SpoolWriter:
         acked = cursor.acked_seq if cursor else 0
         dropped_to = 0
         while self._sealed and self._over_cap(need):
-            base, path, _ = self._sealed.pop(0)
+            base, path, size = self._sealed.pop(0)
+            self._fixed_bytes -= size
             last = self._sealed[0][0] - 1 if self._sealed else self._seg_base - 1
             try:
                 os.unlink(path)

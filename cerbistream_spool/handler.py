@@ -1,0 +1,255 @@
+"""SpoolHandler: ``emit`` = governance check → build the event → append to the spool.
+
+The contract (CONTRACT §4): ``emit`` never raises into the app and never
+touches the network; a returned ``emit`` is in the OS (``always``: on disk).
+Problems are counted in ``stats()`` and reported on stderr, rate-limited,
+never through ``logging`` (that would feed this handler).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any, Dict, Optional
+
+from cerbistream_spool.diagnostics import Reporter, guard
+from cerbistream_spool.errors import GovernanceConfigError, SpoolConfigError, SpoolFullError
+from cerbistream_spool.event import build_event, validate_event_options
+from cerbistream_spool.governance import Governance, load_governance
+from cerbistream_spool.governance_watch import GovernanceWatcher
+from cerbistream_spool.spool.config import MiB, SpoolConfig
+from cerbistream_spool.spool.reader import oldest_pending_ns
+from cerbistream_spool.spool.record import Kind, encode_body
+from cerbistream_spool.spool.writer import SpoolWriter
+
+__all__ = ["DEFAULT_QUEUE", "SpoolHandler"]
+
+DEFAULT_QUEUE = "cerbishield.log-scoring"
+CONNECTION_ENV = "CERBISTREAM_SERVICEBUS_CONNECTION"
+_REOPEN_EVERY_S = 5.0
+
+
+class SpoolHandler(logging.Handler):
+    """A logging handler that spools governance-checked ScoringEventDtos to disk."""
+
+    def __init__(
+        self,
+        spool_dir: str,
+        *,
+        tenant_id: str,
+        app_name: str,
+        environment: Optional[str] = None,
+        governance_config_path: Optional[str] = None,
+        governance_profile: str = "default",
+        connection_string: Optional[str] = None,
+        queue_name: str = DEFAULT_QUEUE,
+        fsync: str = "interval",
+        drain: bool = True,
+        signing_key: Optional[str] = None,
+        max_spool_bytes: int = 512 * MiB,
+        overflow: str = "drop_oldest",
+        segment_max_bytes: int = 4 * MiB,
+        segment_max_age_s: float = 60.0,
+        level: int = logging.NOTSET,
+        reporter: Optional[Reporter] = None,
+    ) -> None:
+        super().__init__(level)
+        # set first: logging keeps a reference even when construction fails, and calls
+        # flush()/close() at shutdown
+        self._writer: Optional[SpoolWriter] = None
+        self._watcher: Optional[GovernanceWatcher] = None
+        self._drainer: Any = None
+        validate_event_options(
+            tenant_id=tenant_id,
+            app_name=app_name,
+            environment=environment,
+            governance_profile=governance_profile,
+        )
+        if not isinstance(spool_dir, (str, os.PathLike)) or not os.fspath(spool_dir):
+            raise SpoolConfigError(f"spool_dir must be a non-empty path, got {spool_dir!r}")
+        self.spool_dir = os.path.abspath(os.fspath(spool_dir))
+        self.tenant_id = tenant_id
+        self.app_name = app_name
+        self.environment = environment
+        self.governance_profile = governance_profile
+        self.queue_name = queue_name
+        self.connection_string = connection_string or os.environ.get(CONNECTION_ENV) or None
+        self.config = SpoolConfig(
+            fsync=fsync,
+            max_spool_bytes=max_spool_bytes,
+            overflow=overflow,
+            segment_max_bytes=segment_max_bytes,
+            segment_max_age_s=segment_max_age_s,
+            signing_key=signing_key.encode("utf-8") if signing_key else None,
+        )
+        self._reporter = reporter or Reporter()
+        self._governance = (
+            load_governance(governance_config_path, governance_profile)
+            if governance_config_path
+            else Governance(profile=governance_profile)
+        )
+        self._dropped = 0
+        self._suppressed = 0
+        self._last_error: Optional[str] = None
+        self._open_lock = threading.Lock()
+        self._next_open = 0.0
+        self._open_writer()
+        if governance_config_path:
+            self._watcher = GovernanceWatcher(
+                governance_config_path,
+                governance_profile,
+                self._governance,
+                on_change=self._set_governance,
+                on_error=self._governance_error,
+            )
+            self._watcher.start()
+        if drain and self.connection_string:
+            self._start_drainer()
+
+    # -- logging.Handler ------------------------------------------------------------
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Check, build and spool ``record``; never raises, never blocks on the network."""
+        if getattr(guard, "active", False):
+            self._suppressed += 1  # re-entrant call or one of our own threads: never recurse
+            return
+        guard.active = True
+        try:
+            event = build_event(
+                record,
+                tenant_id=self.tenant_id,
+                app_name=self.app_name,
+                environment=self.environment,
+                governance_profile=self.governance_profile,
+                governance=self._governance,
+            )
+            self._append(encode_body(event))
+        except Exception:  # noqa: BLE001 — the app must never see our failures
+            self.handleError(record)
+        finally:
+            guard.active = False
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        """Filter, then emit without the handler-wide lock: the spool writer is thread-safe,
+        and holding one lock across an fsync would defeat group commit (``always``)."""
+        rv = self.filter(record)
+        if rv:
+            self.emit(rv if isinstance(rv, logging.LogRecord) else record)
+        return rv
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Count the record as dropped and report once per interval (no traceback flood)."""
+        exc = sys.exc_info()[1]
+        self._dropped += 1
+        self._last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
+        self._reporter.report("emit", f"record dropped: {self._last_error}")
+
+    def flush(self) -> None:
+        """Return once every record accepted so far is on disk (fsync)."""
+        writer = self._writer
+        if writer is not None:
+            try:
+                writer.flush()
+            except OSError as exc:
+                self._last_error = f"flush failed: {exc}"
+                self._reporter.report("flush", self._last_error)
+
+    def close(self) -> None:
+        """Stop the drainer and watcher (bounded), flush, write the close marker, release."""
+        try:
+            if self._drainer is not None:
+                self._drainer.stop()
+                self._drainer = None
+            if self._watcher is not None:
+                self._watcher.stop()
+                self._watcher = None
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.close()
+        finally:
+            super().close()
+
+    # -- stats -------------------------------------------------------------------------
+
+    def stats(self) -> Dict[str, Any]:
+        """Watermarks and counters (CONTRACT §4)."""
+        writer = self._writer
+        out: Dict[str, Any] = {
+            "accepted": 0,
+            "durable": 0,
+            "delivered": 0,
+            "pending_records": 0,
+            "pending_bytes": 0,
+            "oldest_pending_age_s": None,
+            "dropped": 0,
+            "last_error": None,
+        }
+        if writer is not None:
+            out.update(writer.stats())
+            oldest = oldest_pending_ns(self.spool_dir, writer.lane)
+            if oldest is not None:
+                out["oldest_pending_age_s"] = max(0.0, (time.time_ns() - oldest) / 1e9)
+        if self._drainer is not None:
+            out.update(self._drainer.stats())
+        out["dropped"] = out.get("dropped", 0) + self._dropped
+        out["suppressed"] = self._suppressed
+        out["last_error"] = self._last_error or out.get("last_error")
+        out["governance_sha256"] = self._governance.sha256
+        return out
+
+    @property
+    def governance(self) -> Governance:
+        """The rules in force now."""
+        return self._governance
+
+    # -- internals -------------------------------------------------------------------
+
+    def _append(self, body: bytes) -> None:
+        writer = self._writer or self._open_writer()
+        if writer is None:
+            self._dropped += 1
+            return
+        try:
+            writer.append_body(body, Kind.EVENT)
+        except SpoolFullError as exc:  # counted by the writer; a gap record follows
+            self._last_error = str(exc)
+            self._reporter.report("full", str(exc))
+        except OSError as exc:  # disk full, read-only, I/O error: count, report, go on
+            self._dropped += 1
+            self._last_error = f"spool write failed: {exc}"
+            self._reporter.report("write", f"record dropped: {self._last_error}")
+        else:
+            if self._drainer is not None:
+                self._drainer.wake()
+
+    def _open_writer(self) -> Optional[SpoolWriter]:
+        """Open the spool; on failure degrade (count drops) and retry every few seconds."""
+        with self._open_lock:
+            if self._writer is not None or time.monotonic() < self._next_open:
+                return self._writer
+            try:
+                self._writer = SpoolWriter(self.spool_dir, self.config)
+            except (OSError, SpoolConfigError, Exception) as exc:  # noqa: BLE001
+                self._next_open = time.monotonic() + _REOPEN_EVERY_S
+                self._last_error = f"cannot open spool {self.spool_dir}: {exc}"
+                self._reporter.report("open", f"{self._last_error}; records are dropped")
+                return None
+            for note in self._writer.recovery_notes:
+                self._reporter.report(f"recovery:{note}", f"recovered {self.spool_dir}: {note}")
+            return self._writer
+
+    def _set_governance(self, governance: Governance) -> None:
+        self._governance = governance
+
+    def _governance_error(self, exc: GovernanceConfigError) -> None:
+        self._last_error = f"governance reload rejected, old rules kept: {exc}"
+        self._reporter.report(f"governance:{exc}", self._last_error)
+
+    def _start_drainer(self) -> None:
+        from cerbistream_spool.drain import Drainer  # noqa: PLC0415 — optional part
+
+        self._drainer = Drainer.for_handler(self)
+        self._drainer.start()

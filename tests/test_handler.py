@@ -1,0 +1,394 @@
+"""SpoolHandler: stdlib logging in, governed ScoringEventDtos on disk; never raises into the app."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import logging.config
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+from spoolkit import read_all
+
+from cerbistream_spool import GovernanceConfigError, SpoolConfigError, verify
+from cerbistream_spool.diagnostics import Reporter
+from cerbistream_spool.handler import SpoolHandler
+from cerbistream_spool.spool import SpoolWriter
+from cerbistream_spool.spool.lanes import LANES_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = {
+    "profiles": {
+        "default": {
+            "rules": [
+                {
+                    "ruleId": "PII-001",
+                    "code": "PII",
+                    "fields": ["email", "user.email"],
+                    "severity": "Warning",
+                    "message": "PII field detected",
+                    "action": "Redact",
+                },
+                {
+                    "ruleId": "SEC-001",
+                    "code": "Security",
+                    "fields": ["password"],
+                    "severity": "Critical",
+                    "message": "Security field detected",
+                    "action": "Block",
+                },
+            ]
+        }
+    }
+}
+
+
+def write_rules(path: Path, severity: str = "Warning") -> None:
+    doc = json.loads(json.dumps(RULES))
+    doc["profiles"]["default"]["rules"][0]["severity"] = severity
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    path = tmp_path / "rules" / "cerbi_governance.json"
+    path.parent.mkdir()
+    write_rules(path)
+    return path
+
+
+def make_logger(handler: logging.Handler, name: str = "app") -> logging.Logger:
+    logger = logging.getLogger(f"{name}.{id(handler)}")
+    logger.propagate = False
+    logger.handlers = [handler]
+    logger.setLevel(logging.DEBUG)
+    return logger
+
+
+def events(spool_dir: str) -> List[Dict[str, Any]]:
+    return [r.value() for r in read_all(spool_dir) if r.kind == 1]
+
+
+def spool_bytes(spool_dir: str) -> bytes:
+    out = b""
+    for root, _dirs, files in os.walk(os.path.join(spool_dir, LANES_DIR)):
+        for name in files:
+            out += Path(root, name).read_bytes()
+    return out
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_a_logged_record_becomes_a_contract_event_on_disk(spool_dir: str, rules: Path) -> None:
+    handler = SpoolHandler(
+        spool_dir,
+        tenant_id="my-tenant",
+        app_name="my-python-app",
+        environment="production",
+        governance_config_path=str(rules),
+        drain=False,
+    )
+    make_logger(handler).info("User logged in", extra={"user_id": "12345", "email": "a@b.c"})
+    handler.close()
+    (event,) = events(spool_dir)
+    assert list(event) == [
+        "SchemaVersion",
+        "TenantId",
+        "AppName",
+        "Environment",
+        "Runtime",
+        "LogId",
+        "CorrelationId",
+        "TimestampUtc",
+        "GovernanceProfile",
+        "LogLevel",
+        "Score",
+        "Violations",
+        "GovernanceFlags",
+        "RawPayload",
+    ]
+    assert event["Score"] is None and event["TenantId"] == "my-tenant"
+    assert event["Violations"] == [
+        {
+            "RuleId": "PII-001",
+            "Code": "PII",
+            "Field": "email",
+            "Severity": "Warning",
+            "Message": "PII field detected",
+        }
+    ]
+    assert event["RawPayload"]["email"] == "***REDACTED***"
+    assert event["RawPayload"]["user_id"] == "12345"
+    assert verify(spool_dir).valid
+
+
+@pytest.mark.parametrize("mode", ["always", "interval", "never"])
+def test_redact_and_block_keep_secrets_off_the_disk(spool_dir: str, rules: Path, mode: str) -> None:
+    handler = SpoolHandler(
+        spool_dir,
+        tenant_id="t",
+        app_name="a",
+        governance_config_path=str(rules),
+        fsync=mode,
+        drain=False,
+    )
+    logger = make_logger(handler)
+    logger.info("hello", extra={"user": {"Email": "nested-secret@example.com"}})
+    logger.warning("pw %s", "message-secret", extra={"password": "hunter2-secret"})
+    handler.flush()
+    raw = spool_bytes(spool_dir)
+    handler.close()
+    raw += spool_bytes(spool_dir)
+    for secret in (b"nested-secret@example.com", b"hunter2-secret", b"message-secret"):
+        assert secret not in raw
+    redacted, blocked = events(spool_dir)
+    assert redacted["RawPayload"]["user"]["Email"] == "***REDACTED***"
+    assert blocked["RawPayload"] == {
+        "logger": blocked["RawPayload"]["logger"],
+        "level": "WARNING",
+        "blocked": True,
+    }
+    assert blocked["Violations"][0]["Severity"] == "Critical"
+
+
+def test_severity_comes_from_the_file_and_hot_reload_applies_the_next_record(
+    spool_dir: str, rules: Path
+) -> None:
+    stream = io.StringIO()
+    handler = SpoolHandler(
+        spool_dir,
+        tenant_id="t",
+        app_name="a",
+        governance_config_path=str(rules),
+        drain=False,
+        reporter=Reporter(stream=stream),
+    )
+    logger = make_logger(handler)
+    logger.info("one", extra={"email": "x"})
+    before = handler.governance.sha256
+    write_rules(rules, severity="Sev-7")
+    assert wait_for(lambda: handler.governance.sha256 != before), "reload not seen"
+    logger.info("two", extra={"email": "x"})
+    rules.write_text("{ not json")
+    rules.write_text("{ not json either")
+    assert wait_for(lambda: "governance reload rejected" in stream.getvalue())
+    time.sleep(0.3)  # give further events time to arrive: they must not be reported again
+    logger.info("three", extra={"email": "x"})
+    handler.close()
+    severities = [e["Violations"][0]["Severity"] for e in events(spool_dir)]
+    assert severities == ["Warning", "Sev-7", "Sev-7"]
+    assert stream.getvalue().count("governance reload rejected") <= 2
+
+
+def test_construction_fails_early_on_bad_governance_and_options(spool_dir: str, tmp_path) -> None:
+    with pytest.raises(GovernanceConfigError) as err:
+        SpoolHandler(
+            spool_dir,
+            tenant_id="t",
+            app_name="a",
+            governance_config_path=str(tmp_path / "missing.json"),
+            drain=False,
+        )
+    assert "missing.json" in str(err.value)
+    with pytest.raises(SpoolConfigError):
+        SpoolHandler(spool_dir, tenant_id="", app_name="a", drain=False)
+    with pytest.raises(SpoolConfigError):
+        SpoolHandler(spool_dir, tenant_id="t", app_name="a", fsync="sometimes", drain=False)
+
+
+class Exploding:
+    def __str__(self) -> str:
+        raise RuntimeError("boom")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("boom")
+
+
+def test_emit_never_raises_and_counts_what_it_could_not_spool(spool_dir: str) -> None:
+    stream = io.StringIO()
+    handler = SpoolHandler(
+        spool_dir, tenant_id="t", app_name="a", drain=False, reporter=Reporter(stream=stream)
+    )
+    logger = make_logger(handler)
+    logger.info("bad %s %s", "too-few-args")  # noqa: PLE1206 — the point of the test
+    logger.info("odd extra", extra={"thing": Exploding()})
+    logger.info("fine")
+    stats = handler.stats()
+    handler.close()
+    assert [e["RawPayload"]["message"] for e in events(spool_dir)][-1] == "fine"
+    assert stats["accepted"] >= 2
+
+
+def test_a_log_call_made_while_handling_a_record_does_not_recurse(spool_dir: str) -> None:
+    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
+    logger = make_logger(handler)
+
+    class Chatty:
+        def __str__(self) -> str:
+            logger.error("logged from inside emit")
+            return "chatty"
+
+    logger.info("outer", extra={"obj": Chatty()})
+    stats = handler.stats()
+    handler.close()
+    assert [e["RawPayload"]["message"] for e in events(spool_dir)] == ["outer"]
+    assert stats["suppressed"] == 1
+
+
+def test_dictconfig_builds_the_handler_with_class_and_factory(tmp_path: Path) -> None:
+    for style in ("class", "()"):
+        spool = str(tmp_path / style.strip("()") / "spool")
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "handlers": {
+                    "spool": {
+                        style: "cerbistream_spool.SpoolHandler",
+                        "spool_dir": spool,
+                        "tenant_id": "t",
+                        "app_name": "a",
+                        "drain": False,
+                        "level": "INFO",
+                    }
+                },
+                "loggers": {"dc": {"handlers": ["spool"], "level": "DEBUG", "propagate": False}},
+            }
+        )
+        logging.getLogger("dc").debug("filtered out by the handler level")
+        logging.getLogger("dc").info("via dictConfig", extra={"k": 1})
+        logging.getLogger("dc").handlers[0].close()
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+        assert [e["RawPayload"]["message"] for e in events(spool)] == ["via dictConfig"]
+
+
+def test_structlog_rendering_through_stdlib_reaches_the_spool(spool_dir: str, rules: Path) -> None:
+    structlog = pytest.importorskip("structlog")
+    handler = SpoolHandler(
+        spool_dir, tenant_id="t", app_name="a", governance_config_path=str(rules), drain=False
+    )
+    std = make_logger(handler, "structlog")
+    structlog.configure(
+        processors=[structlog.stdlib.render_to_log_kwargs],
+        logger_factory=lambda *args: std,
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    try:
+        structlog.get_logger().info("signed up", email="s@x.io", plan="pro")
+    finally:
+        structlog.reset_defaults()
+    handler.close()
+    (event,) = events(spool_dir)
+    assert event["RawPayload"]["message"] == "signed up"
+    assert event["RawPayload"]["plan"] == "pro"
+    assert event["RawPayload"]["email"] == "***REDACTED***"
+
+
+def test_close_releases_the_lane_and_flush_makes_everything_durable(spool_dir: str) -> None:
+    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", fsync="never", drain=False)
+    logger = make_logger(handler)
+    for i in range(10):
+        logger.info("r%d", i)
+    handler.flush()
+    stats = handler.stats()
+    assert stats["durable"] == stats["accepted"]
+    assert stats["pending_records"] >= 10 and stats["oldest_pending_age_s"] is not None
+    handler.close()
+    with SpoolWriter(spool_dir) as writer:
+        assert writer.lane == 0
+
+
+def test_concurrent_emitters_share_group_commit(spool_dir: str) -> None:
+    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", fsync="always", drain=False)
+    logger = make_logger(handler)
+    threads = [
+        threading.Thread(target=lambda: [logger.info("x") for _ in range(50)]) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    handler.close()
+    assert len(events(spool_dir)) == 200
+    assert verify(spool_dir).valid
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, logging, os, resource, signal, sys
+    from cerbistream_spool.handler import SpoolHandler
+    spool, mode = sys.argv[1], sys.argv[2]
+    if mode == "readonly":
+        os.setgid(65534); os.setuid(65534)
+    handler = SpoolHandler(spool, tenant_id="t", app_name="a", drain=False, fsync="never",
+                           segment_max_bytes=65536)
+    log = logging.getLogger("child"); log.addHandler(handler); log.propagate = False
+    log.setLevel(logging.INFO)
+    if mode == "full":
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, hard))
+    for i in range(400):
+        log.info("record %d", i, extra={"pad": "x" * 200})
+    full = handler.stats()
+    if mode == "full":
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        for i in range(5):
+            log.info("after %d", i)
+    after = handler.stats()
+    handler.close()
+    print(json.dumps({"full": full, "after": after}))
+    """
+)
+
+
+def run_child(spool_dir: str, mode: str) -> Dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, spool_dir, mode],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: Dict[str, Any] = json.loads(proc.stdout)
+    result["stderr"] = proc.stderr
+    return result
+
+
+def test_a_full_disk_drops_and_counts_and_writing_resumes(spool_dir: str) -> None:
+    result = run_child(spool_dir, "full")
+    assert result["full"]["dropped"] > 0
+    assert result["stderr"].count("record dropped") == 1  # one rate-limited line
+    messages = [e["RawPayload"]["message"] for e in events(spool_dir)]
+    assert messages[-5:] == [f"after {i}" for i in range(5)]
+    assert verify(spool_dir).valid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to an unprivileged user")
+def test_an_unwritable_spool_directory_does_not_stop_the_app(tmp_path: Path) -> None:
+    spool = tmp_path / "locked"
+    spool.mkdir(mode=0o700)
+    os.chmod(tmp_path, 0o755)
+    result = run_child(str(spool), "readonly")
+    assert result["after"]["dropped"] == 400
+    assert "cannot open spool" in result["stderr"]
+    assert result["stderr"].count("cannot open spool") == 1
