@@ -109,8 +109,14 @@ class Rule:
         )
 
 
-# (position in rule/field order, violation, lower-cased segments after the first)
-_Entry = Tuple[int, Violation, Tuple[str, ...]]
+class _Node:
+    """One lower-cased path segment of the compiled rule trie."""
+
+    __slots__ = ("children", "hits")
+
+    def __init__(self) -> None:
+        self.hits: Tuple[Tuple[int, Violation], ...] = ()  # (rule/field order, violation)
+        self.children: Dict[str, _Node] = {}
 
 
 @dataclass(frozen=True)
@@ -121,39 +127,28 @@ class Governance:
     profile: str = "default"
     path: str = ""
     sha256: str = ""  # of the file bytes; lets a reloader skip unchanged versions
-    _index: Mapping[str, Tuple[_Entry, ...]] = field(
-        init=False, repr=False, compare=False, default_factory=dict
-    )
+    _trie: Dict[str, _Node] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        index: Dict[str, List[_Entry]] = {}
+        trie: Dict[str, _Node] = {}
         position = 0
         for rule in self.rules:
             for field_path in rule.fields:
                 violation = rule.violation_for(field_path)
-                head, rest = violation.path[0], violation.path[1:]
-                index.setdefault(head, []).append((position, violation, rest))
+                children = trie
+                node = _Node()
+                for segment in violation.path:
+                    node = children.setdefault(segment, _Node())
+                    children = node.children
+                node.hits += ((position, violation),)
                 position += 1
-        object.__setattr__(self, "_index", {k: tuple(v) for k, v in index.items()})
+        object.__setattr__(self, "_trie", trie)
 
     def check(self, extras: Mapping[str, Any]) -> Tuple[Violation, ...]:
         """Violations for ``extras``, in rule order then field order; ``()`` when none match."""
-        index = self._index
-        if not index:
+        if not self._trie:
             return _NO_VIOLATIONS
-        hits: Optional[Dict[int, Violation]] = None
-        for key, value in extras.items():
-            if not isinstance(key, str):
-                continue
-            entries = index.get(key if key.islower() else key.lower())
-            if entries is None:
-                continue
-            for position, violation, rest in entries:
-                if rest and not _present(value, rest):
-                    continue
-                if hits is None:
-                    hits = {}
-                hits[position] = violation
+        hits = _walk(extras, self._trie, None)
         if hits is None:
             return _NO_VIOLATIONS
         if len(hits) == 1:
@@ -161,15 +156,27 @@ class Governance:
         return tuple(hits[p] for p in sorted(hits))
 
 
-def _present(value: Any, rest: Tuple[str, ...]) -> bool:
-    """Whether the lower-cased path ``rest`` exists below ``value`` (mappings only)."""
-    if not isinstance(value, Mapping):
-        return False
-    head, tail = rest[0], rest[1:]
-    for key, child in value.items():
-        if isinstance(key, str) and key.lower() == head and (not tail or _present(child, tail)):
-            return True
-    return False
+def _walk(
+    mapping: Mapping[Any, Any], trie: Dict[str, _Node], hits: Optional[Dict[int, Violation]]
+) -> Optional[Dict[int, Violation]]:
+    """Add the violations of ``trie`` found in ``mapping`` to ``hits`` (created on first hit)."""
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            continue
+        node = trie.get(key if key.islower() else key.lower())
+        if node is None:
+            continue
+        if node.hits:
+            if hits is None:
+                hits = {}
+            for position, violation in node.hits:
+                hits[position] = violation
+        if node.children and (value.__class__ is dict or isinstance(value, Mapping)):
+            hits = _walk(value, node.children, hits)
+    return hits
+
+
+_LEAF: Any = object()  # marks "redact this whole value" in a redaction tree
 
 
 def apply_actions(
@@ -182,35 +189,44 @@ def apply_actions(
     caller drops message and extras, so the extras come back unredacted with
     ``blocked=True``. Without anything to redact the input object itself comes back.
     """
-    if not violations:
-        return extras, False
+    tree: Optional[Dict[str, Any]] = None
     for violation in violations:
         if violation.action == ACTION_BLOCK:
             return extras, True
-    result = extras
-    for violation in violations:
         if violation.action == ACTION_REDACT:
-            redacted = _redact(result, violation.path)
-            if redacted is not None:
-                result = redacted
-    return result, False
+            if tree is None:
+                tree = {}
+            node = tree
+            *parents, last = violation.path
+            for segment in parents:
+                node = node.setdefault(segment, {})
+                if node is _LEAF:
+                    break  # an enclosing value is redacted whole already
+            else:
+                node[last] = _LEAF
+    if tree is None:
+        return extras, False
+    redacted = _redact(extras, tree)
+    return (extras if redacted is None else redacted), False
 
 
-def _redact(mapping: Mapping[Any, Any], path: Tuple[str, ...]) -> Optional[Dict[Any, Any]]:
-    """A copy of ``mapping`` with ``path`` redacted, or None when the path is absent."""
-    head, tail = path[0], path[1:]
+def _redact(mapping: Mapping[Any, Any], tree: Dict[str, Any]) -> Optional[Dict[Any, Any]]:
+    """A copy of ``mapping`` with the ``tree`` paths redacted, or None when none is present."""
     out: Optional[Dict[Any, Any]] = None
     for key, value in mapping.items():
-        if not (isinstance(key, str) and key.lower() == head):
+        if not isinstance(key, str):
             continue
-        if tail:
-            if not isinstance(value, Mapping):
+        sub = tree.get(key if key.islower() else key.lower())
+        if sub is None:
+            continue
+        if sub is _LEAF:
+            new_value: Any = REDACTED
+        else:
+            if value.__class__ is not dict and not isinstance(value, Mapping):
                 continue
-            new_value: Any = _redact(value, tail)
+            new_value = _redact(value, sub)
             if new_value is None:
                 continue
-        else:
-            new_value = REDACTED
         if out is None:
             out = dict(mapping)
         out[key] = new_value
@@ -381,9 +397,7 @@ def _validate_rule(raw: Any, path: str, loc: str) -> Rule:
             hint = next((k for k in _RULE_KEYS if k.lower() == key.lower()), None)
             problem = f"unknown key {key!r}"
             problem += (
-                f"; did you mean {hint!r}?"
-                if hint
-                else f"; allowed keys: {', '.join(_RULE_KEYS)}"
+                f"; did you mean {hint!r}?" if hint else f"; allowed keys: {', '.join(_RULE_KEYS)}"
             )
             raise GovernanceConfigError(path, _loc(loc, key), problem)
     rule_id = _nonempty_str(rule, "ruleId", path, loc)
@@ -402,14 +416,14 @@ def _validate_rule(raw: Any, path: str, loc: str) -> Rule:
             raise GovernanceConfigError(
                 path,
                 f"{loc}.action",
-                f"expected \"Redact\" or \"Block\", got {_type_name(raw_action)}",
+                f'expected "Redact" or "Block", got {_type_name(raw_action)}',
             )
         action = _ACTIONS.get(raw_action.strip().lower())
         if action is None:
             raise GovernanceConfigError(
                 path,
                 f"{loc}.action",
-                f"unknown action {raw_action!r}; expected \"Redact\" or \"Block\" "
+                f'unknown action {raw_action!r}; expected "Redact" or "Block" '
                 "(case-insensitive), or no action for flag only",
             )
     return Rule(

@@ -1,0 +1,681 @@
+"""ScoringEventDto building and serialisation (CONTRACT §1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import json
+import logging
+import math
+import re
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cerbistream_spool.context import (
+    get_correlation_id,
+    reset_correlation_id,
+    set_correlation_id,
+)
+from cerbistream_spool.errors import SpoolConfigError
+from cerbistream_spool.event import (
+    EVENT_KEYS,
+    MAX_DEPTH,
+    RESERVED_ATTRS,
+    build_event,
+    event_to_json,
+    format_timestamp,
+    log_level_name,
+    new_log_id,
+    to_wire,
+    validate_event_options,
+)
+from cerbistream_spool.governance import REDACTED, Governance, load_governance
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+CONTRACT_CREATED = datetime(2026, 2, 3, 22, 0, 0, 123456, tzinfo=timezone.utc).timestamp()
+UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+CONTRACT_KEYS = [
+    "SchemaVersion",
+    "TenantId",
+    "AppName",
+    "Environment",
+    "Runtime",
+    "LogId",
+    "CorrelationId",
+    "TimestampUtc",
+    "GovernanceProfile",
+    "LogLevel",
+    "Score",
+    "Violations",
+    "GovernanceFlags",
+    "RawPayload",
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_correlation_id() -> Iterator[None]:
+    token = set_correlation_id(None)
+    yield
+    reset_correlation_id(token)
+
+
+@pytest.fixture(scope="module")
+def contract_gov() -> Governance:
+    return load_governance(GOLDEN / "contract_governance.json")
+
+
+def make_record(
+    msg: Any = "User logged in",
+    *args: Any,
+    name: str = "app",
+    level: int = logging.INFO,
+    extra: Optional[Dict[str, Any]] = None,
+    exc_info: Any = None,
+    created: Optional[float] = None,
+) -> logging.LogRecord:
+    """A record as Logger.makeRecord builds it (extras via ``extra=``) in views.login."""
+    record = logging.getLogger(name).makeRecord(
+        name, level, "/srv/app/views.py", 42, msg, args, exc_info, "login", extra
+    )
+    if created is not None:
+        record.created = created
+    return record
+
+
+def build(record: logging.LogRecord, **kw: Any) -> Dict[str, Any]:
+    options: Dict[str, Any] = {
+        "tenant_id": "my-tenant",
+        "app_name": "my-python-app",
+        "environment": "production",
+        "governance_profile": "default",
+        "governance": None,
+    }
+    options.update(kw)
+    return build_event(record, **options)
+
+
+def golden(name: str) -> Dict[str, Any]:
+    data: Dict[str, Any] = json.loads((GOLDEN / name).read_text(encoding="utf-8"))
+    return data
+
+
+# ---------------------------------------------------------------- golden shapes
+
+
+def test_event_json_equals_contract_example_key_for_key_in_order(contract_gov: Governance) -> None:
+    record = make_record(extra={"user_id": "12345", "email": "a@b.c"}, created=CONTRACT_CREATED)
+    event = build(record, governance=contract_gov)
+    expected = golden("contract_event.json")
+    assert UUID4.match(event["LogId"])
+    event["LogId"] = expected["LogId"]
+    assert event_to_json(event) == event_to_json(expected)  # string equality pins nested order
+    assert event == expected
+
+
+def test_blocked_event_keeps_envelope_and_violations_only(contract_gov: Governance) -> None:
+    token = set_correlation_id("req-42")
+    try:
+        record = make_record(
+            "login failed for %s with %s",
+            "bob",
+            "hunter2",
+            name="auth",
+            level=logging.ERROR,
+            extra={"user": {"EMAIL": "b@c.d"}, "password": "hunter2"},
+            exc_info=_exc_info(),
+            created=CONTRACT_CREATED,
+        )
+        event = build(record, governance=contract_gov)
+    finally:
+        reset_correlation_id(token)
+    expected = golden("blocked_event.json")
+    event["LogId"] = expected["LogId"]
+    assert event_to_json(event) == event_to_json(expected)
+    assert "hunter2" not in event_to_json(event) and "bob" not in event_to_json(event)
+
+
+def test_event_keys_are_exactly_the_contract_keys_in_order() -> None:
+    assert list(EVENT_KEYS) == CONTRACT_KEYS
+    assert list(build(make_record())) == CONTRACT_KEYS
+
+
+def test_raw_payload_starts_with_fixed_keys_then_extras_in_given_order() -> None:
+    record = make_record(extra={"b": 1, "a": 2, "c": 3})
+    assert list(build(record)["RawPayload"]) == [
+        "logger",
+        "level",
+        "message",
+        "module",
+        "function",
+        "b",
+        "a",
+        "c",
+    ]
+
+
+def test_constants_schema_runtime_and_profile() -> None:
+    event = build(make_record(), governance_profile="payments")
+    assert event["SchemaVersion"] == "1.0"
+    assert event["Runtime"] == "python"
+    assert event["GovernanceProfile"] == "payments"
+
+
+def test_score_is_always_null_even_with_violations(contract_gov: Governance) -> None:
+    assert build(make_record())["Score"] is None
+    event = build(make_record(extra={"email": "x"}), governance=contract_gov)
+    assert event["Violations"] and event["Score"] is None
+    assert '"Score":null' in event_to_json(event)
+
+
+def test_no_governance_means_no_violations_and_values_kept() -> None:
+    event = build(make_record(extra={"password": "p"}))
+    assert event["Violations"] == []
+    assert event["RawPayload"]["password"] == "p"
+
+
+# ---------------------------------------------------------------- governance in the event
+
+
+def test_severity_in_event_is_copied_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "gov.json"
+    path.write_text(
+        json.dumps(
+            {
+                "profiles": {
+                    "default": {
+                        "rules": [
+                            {"ruleId": "X-1", "code": "C", "fields": ["a.B"], "severity": "Sev-7"}
+                        ]
+                    }
+                }
+            }
+        )
+    )
+    event = build(make_record(extra={"A": {"b": 1}}), governance=load_governance(path))
+    assert event["Violations"] == [
+        {
+            "RuleId": "X-1",
+            "Code": "C",
+            "Field": "a.B",
+            "Severity": "Sev-7",
+            "Message": "Field 'a.B' violates rule X-1",
+        }
+    ]
+    assert event["RawPayload"]["A"] == {"b": 1}  # flag only: value kept
+
+
+def test_nested_redact_in_payload_without_mutating_the_callers_extra(
+    contract_gov: Governance,
+) -> None:
+    user = {"id": 7, "Email": "c@d.e"}
+    record = make_record(extra={"user": user, "phone": "555"})
+    event = build(record, governance=contract_gov)
+    assert event["RawPayload"]["user"] == {"id": 7, "Email": REDACTED}
+    assert event["RawPayload"]["phone"] == REDACTED
+    assert user == {"id": 7, "Email": "c@d.e"}
+    assert record.user is user  # type: ignore[attr-defined]
+    assert [v["Field"] for v in event["Violations"]] == ["phone", "user.email"]
+
+
+def test_block_drops_message_extras_and_exception(contract_gov: Governance) -> None:
+    record = make_record("secret text", extra={"api_key": "k", "x": 1}, exc_info=_exc_info())
+    event = build(record, governance=contract_gov)
+    assert event["RawPayload"] == {"logger": "app", "level": "INFO", "blocked": True}
+    assert [v["RuleId"] for v in event["Violations"]] == ["SEC-001"]
+    assert event["TenantId"] == "my-tenant" and event["LogLevel"] == "Information"
+
+
+# ---------------------------------------------------------------- envelope fields
+
+
+def test_log_id_is_a_fresh_uuid4_per_event() -> None:
+    ids = {build(make_record())["LogId"] for _ in range(200)}
+    assert len(ids) == 200
+    for log_id in ids:
+        assert UUID4.match(log_id)
+        parsed = uuid.UUID(log_id)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == log_id
+
+
+def test_new_log_id_bits_are_random_outside_version_and_variant() -> None:
+    ids = [uuid.UUID(new_log_id()).int for _ in range(64)]
+    fixed = (0xF000 << 64) | (0xC000 << 48)
+    varying = 0
+    for n in ids[1:]:
+        varying |= n ^ ids[0]
+    assert varying & fixed == 0
+    assert bin(varying).count("1") == 122
+
+
+def test_timestamp_matches_the_contract_example() -> None:
+    event = build(make_record(created=CONTRACT_CREATED))
+    assert event["TimestampUtc"] == "2026-02-03T22:00:00.123456Z"
+
+
+def _reference_timestamp(created: float) -> str:
+    return datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        0.0,
+        1.0,
+        1770156000.0,
+        1770156000.9999996,  # rounds up into the next second
+        1770156000.9999994,
+        1770156000.0000005,
+        1770156000.0000015,
+        1770156059.5,
+        -1.5,
+        -0.0000004,
+        253402300799.5,  # 9999-12-31T23:59:59.500000
+    ],
+)
+def test_timestamp_rounding_matches_datetime_fromtimestamp(created: float) -> None:
+    assert format_timestamp(created) == _reference_timestamp(created)
+    assert TIMESTAMP.match(format_timestamp(created))
+
+
+@settings(max_examples=500)
+@given(created=st.floats(min_value=0, max_value=4102444800, allow_nan=False, allow_infinity=False))
+def test_timestamp_matches_datetime_for_any_created(created: float) -> None:
+    assert format_timestamp(created) == _reference_timestamp(created)
+
+
+def test_timestamp_prefix_cache_never_returns_a_stale_second() -> None:
+    for created in (100.25, 101.5, 100.75, 100.75, 99.0, 101.5):
+        assert format_timestamp(created) == _reference_timestamp(created)
+
+
+@pytest.mark.parametrize(
+    ("levelno", "name"),
+    [
+        (0, "Debug"),
+        (10, "Debug"),
+        (19, "Debug"),
+        (20, "Information"),
+        (25, "Information"),
+        (30, "Warning"),
+        (39, "Warning"),
+        (40, "Error"),
+        (49, "Error"),
+        (50, "Critical"),
+        (60, "Critical"),
+    ],
+)
+def test_log_level_mapping_by_threshold(levelno: int, name: str) -> None:
+    assert log_level_name(levelno) == name
+    assert build(make_record(level=levelno))["LogLevel"] == name
+
+
+def test_tenant_app_environment_come_from_options() -> None:
+    event = build(make_record(), environment=None)
+    assert (event["TenantId"], event["AppName"], event["Environment"]) == (
+        "my-tenant",
+        "my-python-app",
+        None,
+    )
+    assert '"Environment":null' in event_to_json(event)
+
+
+def test_extras_override_tenant_app_environment_and_are_not_in_payload() -> None:
+    record = make_record(
+        extra={"tenant_id": "t2", "app_name": "a2", "environment": "staging", "k": 1}
+    )
+    event = build(record)
+    assert (event["TenantId"], event["AppName"], event["Environment"]) == ("t2", "a2", "staging")
+    assert list(event["RawPayload"])[5:] == ["k"]
+
+
+def test_none_or_empty_overrides_fall_back_to_options() -> None:
+    record = make_record(extra={"tenant_id": "", "app_name": None, "environment": None})
+    event = build(record)
+    assert (event["TenantId"], event["AppName"], event["Environment"]) == (
+        "my-tenant",
+        "my-python-app",
+        "production",
+    )
+
+
+def test_correlation_id_is_null_without_context_or_extra() -> None:
+    assert build(make_record())["CorrelationId"] is None
+
+
+def test_correlation_id_comes_from_the_context() -> None:
+    token = set_correlation_id("req-1")
+    try:
+        assert get_correlation_id() == "req-1"
+        assert build(make_record())["CorrelationId"] == "req-1"
+    finally:
+        reset_correlation_id(token)
+    assert build(make_record())["CorrelationId"] is None
+
+
+def test_extra_correlation_id_overrides_context_and_leaves_payload() -> None:
+    token = set_correlation_id("req-1")
+    try:
+        event = build(make_record(extra={"correlation_id": uuid.UUID(int=5)}))
+    finally:
+        reset_correlation_id(token)
+    assert event["CorrelationId"] == str(uuid.UUID(int=5))
+    assert "correlation_id" not in event["RawPayload"]
+
+
+def test_correlation_id_is_per_context() -> None:
+    def in_other_context() -> Any:
+        set_correlation_id("inner")
+        return build(make_record())["CorrelationId"]
+
+    assert contextvars.copy_context().run(in_other_context) == "inner"
+    assert build(make_record())["CorrelationId"] is None
+
+
+def test_set_correlation_id_rejects_non_strings() -> None:
+    with pytest.raises(TypeError):
+        set_correlation_id(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "flag"),
+    [
+        (True, True),
+        ("yes", True),
+        (1, True),
+        (False, False),
+        (0, False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_governance_relaxed_flag_is_truthiness_of_the_extra(value: Any, flag: bool) -> None:
+    event = build(make_record(extra={"governance_relaxed": value}))
+    assert event["GovernanceFlags"] == {"GovernanceRelaxed": flag}
+    assert "governance_relaxed" not in event["RawPayload"]
+
+
+def test_governance_relaxed_defaults_to_false() -> None:
+    assert build(make_record())["GovernanceFlags"] == {"GovernanceRelaxed": False}
+
+
+def test_governance_relaxed_does_not_disable_redaction(contract_gov: Governance) -> None:
+    event = build(
+        make_record(extra={"governance_relaxed": True, "email": "x"}), governance=contract_gov
+    )
+    assert event["GovernanceFlags"]["GovernanceRelaxed"] is True
+    assert event["RawPayload"]["email"] == REDACTED
+
+
+# ---------------------------------------------------------------- extras
+
+
+def test_stdlib_attributes_never_leak_into_payload() -> None:
+    record = make_record(extra={"user_id": 1}, exc_info=_exc_info())
+    record.stack_info = "Stack (most recent call last): ..."
+    record.exc_text = "cached"
+    record.taskName = "Task-7"
+    record.message = "formatted"
+    record.asctime = "2026-02-03"
+    record._private = 1
+    payload = build(record)["RawPayload"]
+    assert list(payload) == [
+        "logger",
+        "level",
+        "message",
+        "module",
+        "function",
+        "user_id",
+        "exception",
+    ]
+
+
+def test_reserved_set_covers_every_fresh_logrecord_attribute() -> None:
+    fresh = logging.LogRecord("n", 10, "p", 1, "m", (), None, func="f", sinfo="s")
+    assert set(fresh.__dict__) <= RESERVED_ATTRS
+    assert {"taskName", "message", "asctime", "msecs", "exc_text", "stack_info"} <= RESERVED_ATTRS
+
+
+def test_tasks_name_does_not_leak_when_logging_inside_asyncio() -> None:
+    async def main() -> Dict[str, Any]:
+        return build(make_record(extra={"k": 1}))
+
+    payload = asyncio.run(main())["RawPayload"]
+    assert "taskName" not in payload and payload["k"] == 1
+
+
+def test_makelogrecord_extras_are_picked_up_too() -> None:
+    record = logging.makeLogRecord({"msg": "m", "custom": 1, "taskName": "T"})
+    event = build(record)
+    assert event["RawPayload"]["custom"] == 1 and "taskName" not in event["RawPayload"]
+    assert event["LogLevel"] == "Debug"  # makeLogRecord leaves levelno None
+
+
+def test_extra_named_like_a_payload_key_is_kept_under_extra_prefix() -> None:
+    record = make_record(extra={"level": "custom", "logger": "x", "extra_level": "y"})
+    payload = build(record)["RawPayload"]
+    assert payload["level"] == "INFO" and payload["logger"] == "app"
+    assert payload["extra_logger"] == "x"
+    assert {payload["extra_level"], payload["extra_extra_level"]} == {"custom", "y"}
+
+
+class _Weird:
+    def __str__(self) -> str:
+        return "weird!"
+
+
+class _BadStr:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+class _Color(str):
+    pass
+
+
+def test_values_json_and_msgpack_cannot_carry_become_strings() -> None:
+    obj = object()
+    record = make_record(
+        extra={
+            "obj": obj,
+            "weird": _Weird(),
+            "a_set": {1},
+            "raw": b"\x00ab",
+            "huge": 2**64,
+            "tiny": -(2**63) - 1,
+            "nan": math.nan,
+            "inf": -math.inf,
+            "bad": _BadStr(),
+            "dt": datetime(2026, 1, 2, tzinfo=timezone.utc),
+        }
+    )
+    payload = build(record)["RawPayload"]
+    assert payload["obj"] == str(obj)
+    assert payload["weird"] == "weird!"
+    assert payload["a_set"] == "{1}"
+    assert payload["raw"] == "b'\\x00ab'"
+    assert payload["huge"] == str(2**64)
+    assert payload["tiny"] == str(-(2**63) - 1)
+    assert payload["nan"] == "nan" and payload["inf"] == "-inf"
+    assert payload["bad"] == "<unprintable _BadStr>"
+    assert payload["dt"] == "2026-01-02 00:00:00+00:00"
+
+
+def test_values_json_and_msgpack_carry_are_kept_with_tuples_as_lists() -> None:
+    record = make_record(
+        extra={
+            "limits": (2**64 - 1, -(2**63)),
+            "f": 1.5,
+            "nested": {1: (True, None), "s": _Color("red")},
+            "lvl": logging.INFO,
+        }
+    )
+    payload = build(record)["RawPayload"]
+    assert payload["limits"] == [2**64 - 1, -(2**63)]
+    assert payload["f"] == 1.5
+    assert payload["nested"] == {"1": [True, None], "s": "red"}
+    assert type(payload["nested"]["s"]) is str
+
+
+def test_lone_surrogates_are_escaped_so_utf8_encoding_works() -> None:
+    record = make_record("bad \udcff name", extra={"path\udc80": "x\ud800"})
+    event = build(record)
+    event_to_json(event).encode("utf-8")
+    msgpack.packb(event)
+    assert event["RawPayload"]["message"] == "bad \\udcff name"
+    assert event["RawPayload"]["path\\udc80"] == "x\\ud800"
+
+
+def test_deep_and_cyclic_structures_are_cut_to_strings() -> None:
+    cyclic: Dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    deep: Any = "leaf"
+    for _ in range(MAX_DEPTH + 5):
+        deep = [deep]
+    payload = build(make_record(extra={"cyclic": cyclic, "deep": deep}))["RawPayload"]
+    json.dumps(payload)
+    msgpack.packb(payload)
+    depth, node = 0, payload["deep"]
+    while isinstance(node, list):
+        depth, node = depth + 1, node[0]
+    assert depth == MAX_DEPTH and isinstance(node, str)
+
+
+def test_to_wire_does_not_mutate_its_input() -> None:
+    value = {"a": [(1, 2), {"b": {3}}]}
+    before = copy.deepcopy(value)
+    to_wire(value)
+    assert value == before
+
+
+# ---------------------------------------------------------------- message and exception
+
+
+def test_message_is_get_message_with_args() -> None:
+    assert build(make_record("hello %s #%d", "bob", 3))["RawPayload"]["message"] == "hello bob #3"
+
+
+def test_broken_format_string_keeps_raw_msg_with_a_marker() -> None:
+    payload = build(make_record("count=%d", "not-a-number"))["RawPayload"]
+    assert payload["message"].startswith("count=%d [cerbistream_spool: message formatting failed: ")
+    assert "TypeError" in payload["message"]
+
+
+def test_exception_is_recorded_after_extras() -> None:
+    payload = build(make_record("failed", extra={"k": 1}, exc_info=_exc_info()))["RawPayload"]
+    assert list(payload)[-2:] == ["k", "exception"]
+    exception = payload["exception"]
+    assert list(exception) == ["type", "message", "traceback"]
+    assert exception["type"] == "ValueError"
+    assert exception["message"] == "boom"
+    assert exception["traceback"].startswith("Traceback (most recent call last):")
+    assert exception["traceback"].endswith("ValueError: boom")
+
+
+def test_exception_type_of_non_builtin_is_qualified() -> None:
+    try:
+        raise json.JSONDecodeError("bad", "doc", 0)
+    except ValueError:
+        info = sys.exc_info()
+    assert build(make_record(exc_info=info))["RawPayload"]["exception"]["type"] == (
+        "json.decoder.JSONDecodeError"
+    )
+
+
+def test_exc_info_without_an_active_exception_adds_nothing() -> None:
+    payload = build(make_record(exc_info=(None, None, None)))["RawPayload"]
+    assert "exception" not in payload
+
+
+def _exc_info() -> Any:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        return sys.exc_info()
+
+
+# ---------------------------------------------------------------- serialisation and options
+
+
+def test_event_to_json_is_compact_unicode_and_ordered() -> None:
+    event = build(make_record("héllo ✓", extra={"z": 1, "a": 2}))
+    text = event_to_json(event)
+    assert "héllo ✓" in text and ", " not in text and ": " not in text
+    assert text.startswith('{"SchemaVersion":"1.0","TenantId":"my-tenant",')
+    assert json.loads(text) == event
+
+
+def test_event_to_json_refuses_nan_rather_than_writing_invalid_json() -> None:
+    with pytest.raises(ValueError, match="JSON compliant"):
+        event_to_json({"x": math.nan})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tenant_id": "", "app_name": "a"},
+        {"tenant_id": "  ", "app_name": "a"},
+        {"tenant_id": None, "app_name": "a"},
+        {"tenant_id": "t", "app_name": ""},
+        {"tenant_id": "t", "app_name": 5},
+        {"tenant_id": "t", "app_name": "a", "governance_profile": ""},
+        {"tenant_id": "t", "app_name": "a", "environment": 3},
+    ],
+)
+def test_invalid_options_raise_spool_config_error(kwargs: Dict[str, Any]) -> None:
+    with pytest.raises(SpoolConfigError):
+        validate_event_options(**kwargs)
+
+
+def test_valid_options_pass() -> None:
+    validate_event_options(tenant_id="t", app_name="a")
+    validate_event_options(tenant_id="t", app_name="a", environment="prod", governance_profile="p")
+
+
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),  # unbounded: beyond 64 bits must become str
+    st.floats(),  # nan and inf included
+    st.text(st.characters(exclude_categories=())),  # lone surrogates included
+    st.binary(max_size=8),
+    st.frozensets(st.integers(), max_size=3),
+)
+json_tree = st.recursive(
+    json_leaf,
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.lists(kids, max_size=3).map(tuple)
+        | st.dictionaries(st.one_of(st.text(), st.integers()), kids, max_size=4)
+    ),
+    max_leaves=20,
+)
+extra_names = st.text(st.characters(exclude_categories=()), min_size=1, max_size=12).filter(
+    lambda k: k not in RESERVED_ATTRS and not k.startswith("_")
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(extras=st.dictionaries(extra_names, json_tree, max_size=6), relaxed=st.booleans())
+def test_any_extras_round_trip_through_msgpack_and_json(
+    extras: Dict[str, Any], relaxed: bool
+) -> None:
+    record = make_record(extra={**extras, "governance_relaxed": relaxed})
+    gov = load_governance(GOLDEN / "contract_governance.json")
+    event = build(record, governance=gov)
+    packed = msgpack.packb(event)
+    assert msgpack.unpackb(packed, raw=False) == event
+    text = event_to_json(event)
+    text.encode("utf-8")
+    assert json.loads(text) == event
+    assert json.dumps(event, allow_nan=False)
