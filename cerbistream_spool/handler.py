@@ -200,6 +200,16 @@ class SpoolHandler(logging.Handler):
         out["governance_sha256"] = self._governance.sha256
         return out
 
+    def drainer_wake(self) -> None:
+        """Ask the drainer (if any) to ship now instead of at its next poll."""
+        if self._drainer is not None:
+            self._drainer.wake()
+
+    @property
+    def writer(self) -> Optional[SpoolWriter]:
+        """The spool writer of this handler (None while the spool cannot be opened)."""
+        return self._writer
+
     @property
     def governance(self) -> Governance:
         """The rules in force now."""

@@ -227,7 +227,15 @@ class _LaneCheck:
             if isinstance(body, dict):
                 self.report.gaps.append({"lane": self.lane, "seq": rec.seq, **body})
                 first, last = body.get("first_seq"), body.get("last_seq")
-                if isinstance(first, int) and isinstance(last, int) and first <= last:
+                # a dead-letter gap names a record that is still on disk (maybe in another
+                # lane): it explains no hole
+                explains_hole = body.get("reason") != "dead-letter"
+                if (
+                    explains_hole
+                    and isinstance(first, int)
+                    and isinstance(last, int)
+                    and first <= last
+                ):
                     self.covered.append((first, last))
         prev = self.prev
         if not self.resynced:

@@ -297,3 +297,15 @@ def test_a_live_writers_unclosed_tail_is_not_a_problem(spool_dir: str) -> None:
         assert report.lanes[0]["live"] is True
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("byte", [0, 1, 2, 3])
+def test_a_damaged_length_field_mid_segment_is_a_checksum_problem_not_a_torn_tail(
+    spool: str, byte: int
+) -> None:
+    path = segments(spool)[1][1]
+    start = frames(path)[1][0]
+    flip(path, start + byte)
+    found = kinds_at(spool)
+    assert found[0] == ("checksum", os.path.basename(path), start), found
+    assert {k for k, _, _ in found} == {"checksum"}

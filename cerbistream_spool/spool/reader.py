@@ -16,7 +16,7 @@ import mmap
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from cerbistream_spool.spool.cursor import Cursor, read_cursor, write_cursor
 from cerbistream_spool.spool.fsio import fsync_dir
@@ -73,6 +73,8 @@ class SpoolReader:
 
     spool_dir: str
     remove_idle_lanes: bool = True
+    lanes: Optional[Set[int]] = None  # read only these lanes (None: all)
+    from_start: bool = False  # ignore cursors: everything still on disk (``tail --all``)
     problems: List[Dict[str, Any]] = field(default_factory=list)
     _pos: Dict[int, _Position] = field(default_factory=dict)
     _next_lane: int = 0
@@ -81,7 +83,7 @@ class SpoolReader:
 
     def read_batch(self, max_records: int = 500, max_bytes: int = 1 << 20) -> Optional[Batch]:
         """The next batch from any lane (round-robin), or None when nothing is pending."""
-        lanes = list_lanes(self.spool_dir)
+        lanes = [n for n in list_lanes(self.spool_dir) if self.lanes is None or n in self.lanes]
         for gone in set(self._pos) - set(lanes):
             del self._pos[gone]
         if not lanes:
@@ -103,6 +105,10 @@ class SpoolReader:
             if batch is None:
                 return
             yield batch
+
+    def rewind(self) -> None:
+        """Forget read positions: the next batch starts again at each lane's cursor."""
+        self._pos.clear()
 
     def ack(self, batch: Batch) -> None:
         """Persist that ``batch`` was delivered, then unlink fully acknowledged segments."""
@@ -147,7 +153,8 @@ class SpoolReader:
             if isinstance(found, str):
                 self._problem(lane, "", 0, "cursor", found + "; reading lane from the start")
                 found = Cursor(lane)
-            pos = self._pos[lane] = _Position(found, last_read=found.acked_seq)
+            start = 0 if self.from_start else found.acked_seq
+            pos = self._pos[lane] = _Position(found, last_read=start)
         return pos
 
     def _read_lane(self, lane: int, max_records: int, max_bytes: int) -> Optional[Batch]:

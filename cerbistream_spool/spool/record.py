@@ -131,8 +131,13 @@ def encode_record(
     return head + payload + _U32.pack(zlib.crc32(payload, zlib.crc32(head))) + head, digest
 
 
-def read_frame(buf: Buffer, offset: int) -> Frame:
-    """Read the frame at ``offset`` of ``buf``; never raises."""
+def read_frame(buf: Buffer, offset: int, resync: bool = True) -> Frame:
+    """Read the frame at ``offset`` of ``buf``; never raises.
+
+    A frame that runs past the end is TORN only when nothing valid follows it:
+    with a valid frame after it (or a whole frame by the trailing length), its
+    length field was damaged, which is CORRUPT.
+    """
     total = len(buf)
     if offset >= total:
         return Frame(FrameStatus.END, offset, offset, b"", "")
@@ -143,7 +148,9 @@ def read_frame(buf: Buffer, offset: int) -> Frame:
         return Frame(FrameStatus.CORRUPT, offset, offset, b"", f"implausible length {size}")
     end = offset + 4 + size + 8
     if end > total:
-        if _damaged_length(buf, offset, total):
+        if _damaged_length(buf, offset, total) or (
+            resync and find_next_frame(buf, offset + 1) is not None
+        ):
             return Frame(FrameStatus.CORRUPT, offset, total, b"", "length field damaged")
         return Frame(FrameStatus.TORN, offset, total, b"", f"frame of {size} bytes runs past end")
     payload = bytes(buf[offset + 4 : offset + 4 + size])
@@ -182,7 +189,7 @@ def find_next_frame(buf: Buffer, start: int) -> Optional[int]:
         if pos < 0:
             return None
         candidate = pos - 4
-        frame = read_frame(data, candidate)
+        frame = read_frame(data, candidate, resync=False)
         if frame.status is FrameStatus.OK and isinstance(decode_payload(frame.payload), Record):
             return candidate
         pos += 1

@@ -1,0 +1,333 @@
+"""Drainer: ships the spool to a transport, at least once (CONTRACT §2, §4).
+
+Order: read a batch from the cursor → send → the broker accepted → ack
+(cursor persisted, then acknowledged segments unlinked). A failure rewinds the
+reader to the cursor, so the batch is sent again (same MessageIds).
+
+- ``run_once()`` ships what is pending now and raises on failure (tests, CLI).
+- ``start()`` / ``stop()`` run it on a thread with tenacity backoff
+  (exponential, full jitter, capped, interrupted by ``stop``), on its own
+  schedule (every ``idle_poll_s``) and promptly after ``wake()``.
+- ``drain_until_idle()`` / ``follow()`` are the engine of ``cerbispool drain``.
+- A message the broker can never take is written to ``deadletter/`` and a
+  ``gap`` record (reason ``dead-letter``) goes into the chain: it never blocks
+  the queue.
+- ``locks/drain.lock`` (filelock) makes one drainer per spool at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+from filelock import Timeout
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_when_event_set,
+    wait_random_exponential,
+)
+
+from cerbistream_spool.diagnostics import mark_internal_thread
+from cerbistream_spool.errors import TransportError
+from cerbistream_spool.spool.fsio import atomic_write, ensure_dir
+from cerbistream_spool.spool.lanes import drain_lock
+from cerbistream_spool.spool.reader import Batch, SpoolReader
+from cerbistream_spool.spool.record import Kind, encode_body
+from cerbistream_spool.spool.writer import SpoolWriter
+from cerbistream_spool.status import write_drain_status
+from cerbistream_spool.transports.base import OutgoingMessage, Transport, message_for_record
+
+if TYPE_CHECKING:
+    from cerbistream_spool.handler import SpoolHandler
+
+__all__ = ["DEADLETTER_DIR", "DrainStats", "Drainer"]
+
+DEADLETTER_DIR = "deadletter"
+_RETRYABLE = (TransportError, OSError)
+
+
+@dataclass
+class DrainStats:
+    """Counters of one drainer."""
+
+    delivered: int = 0  # event records the broker accepted (re-sends counted again)
+    batches: int = 0
+    dead_lettered: int = 0
+    failures: int = 0
+    last_error: Optional[str] = None
+    last_delivery_unix: Optional[float] = None
+
+
+class Drainer:
+    """Ships one spool directory through one transport."""
+
+    def __init__(
+        self,
+        spool_dir: str,
+        transport: Transport,
+        *,
+        writer: Optional[SpoolWriter] = None,
+        batch_max_records: int = 1000,
+        batch_max_bytes: int = 900 * 1024,
+        idle_poll_s: float = 1.0,
+        backoff_base_s: float = 0.2,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self.spool_dir = os.path.abspath(spool_dir)
+        self.transport = transport
+        self.reader = SpoolReader(self.spool_dir)
+        self.batch_max_records = batch_max_records
+        self.batch_max_bytes = batch_max_bytes
+        self.idle_poll_s = idle_poll_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._writer = writer
+        self._own_writer: Optional[SpoolWriter] = None
+        self._lock = drain_lock(self.spool_dir)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._stats = DrainStats()
+        self._published: Dict[str, Any] = {}
+        self._published_at = 0.0
+
+    @classmethod
+    def for_handler(cls, handler: SpoolHandler) -> Drainer:
+        """The Service Bus drainer of a SpoolHandler."""
+        from cerbistream_spool.transports.servicebus import (  # noqa: PLC0415 — SDK import is heavy
+            ServiceBusTransport,
+        )
+
+        transport = ServiceBusTransport(
+            queue_name=handler.queue_name, connection_string=handler.connection_string
+        )
+        return cls(handler.spool_dir, transport, writer=handler.writer)
+
+    # -- one pass ----------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Ship every record pending now; returns events delivered. Raises on failure."""
+        if not self._take_lock(0):
+            self._stats.last_error = "another drainer is shipping this spool"
+            return 0
+        delivered = 0
+        while not self._stop.is_set():
+            batch = self.reader.read_batch(self.batch_max_records, self._batch_bytes())
+            if batch is None:
+                break
+            try:
+                delivered += self._ship(batch)
+            except BaseException:
+                self.reader.rewind()  # resend from the cursor: at-least-once
+                raise
+        return delivered
+
+    def _ship(self, batch: Batch) -> int:
+        messages: List[OutgoingMessage] = []
+        for record in batch.events():
+            try:
+                messages.append(message_for_record(batch.lane, record))
+            except Exception as exc:  # noqa: BLE001 — an undecodable body can never be sent
+                self._dead_letter(batch.lane, record.seq, None, f"undecodable event: {exc}")
+        rejected = self.transport.send(messages).rejected if messages else []
+        for message, reason in rejected:
+            self._dead_letter(message.lane, message.seq, message, reason)
+        self.reader.ack(batch)
+        if self._writer is not None:
+            self._writer.notify_space()
+        stats = self._stats
+        stats.batches += 1
+        stats.delivered += len(messages) - len(rejected)
+        stats.last_delivery_unix = time.time()
+        stats.last_error = None
+        return len(messages) - len(rejected)
+
+    def _batch_bytes(self) -> int:
+        broker = self.transport.max_batch_bytes
+        return min(self.batch_max_bytes, broker) if broker else self.batch_max_bytes
+
+    def _dead_letter(
+        self, lane: int, seq: int, message: Optional[OutgoingMessage], reason: str
+    ) -> None:
+        """Persist the message under deadletter/, then record the gap in the chain."""
+        directory = os.path.join(self.spool_dir, DEADLETTER_DIR)
+        ensure_dir(directory)
+        doc: Dict[str, Any] = {"lane": lane, "seq": seq, "reason": reason}
+        if message is not None:
+            doc["message_id"] = message.message_id
+            doc["body"] = message.body.decode("utf-8")
+        atomic_write(
+            os.path.join(directory, f"{lane:04d}-{seq:020d}.json"), json.dumps(doc).encode()
+        )
+        gap = {
+            "reason": "dead-letter",
+            "count": 1,
+            "first_seq": seq,
+            "last_seq": seq,
+            "lane": lane,
+            "detail": reason,
+        }
+        self._gap_writer().append_body(encode_body(gap), Kind.GAP)
+        self._stats.dead_lettered += 1
+
+    def _gap_writer(self) -> SpoolWriter:
+        if self._writer is not None and not self._writer.closed:
+            return self._writer
+        if self._own_writer is None:  # out of process: record gaps in a lane of our own
+            self._own_writer = SpoolWriter(self.spool_dir)
+        return self._own_writer
+
+    # -- retrying loops ------------------------------------------------------------------
+
+    def _retrying(self, deadline: Optional[float] = None) -> Retrying:
+        stop: Any = stop_when_event_set(self._stop)
+        if deadline is not None:
+            stop = stop | stop_after_delay(max(0.0, deadline - time.monotonic()))
+        return Retrying(
+            wait=wait_random_exponential(multiplier=self.backoff_base_s, max=self.backoff_max_s),
+            retry=retry_if_exception_type(_RETRYABLE),
+            stop=stop,
+            sleep=self._sleep,
+            before_sleep=self._record_failure,
+            reraise=True,
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)  # a stop() never waits out a backoff
+
+    def _record_failure(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self._stats.failures += 1
+        self._stats.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown failure"
+
+    def _round(self, deadline: Optional[float] = None) -> None:
+        try:
+            self._retrying(deadline)(self.run_once)
+        except _RETRYABLE as exc:  # stopped or out of time while failing
+            self._stats.last_error = f"{type(exc).__name__}: {exc}"
+        self._publish()
+
+    def _publish(self) -> None:
+        """Share counters with ``cerbispool status`` (at most once a second, or on news)."""
+        doc = self.stats()
+        now = time.monotonic()
+        if doc == self._published or (
+            doc.get("last_error") == self._published.get("last_error")
+            and now - self._published_at < 1.0
+        ):
+            return
+        try:
+            write_drain_status(self.spool_dir, doc)
+        except OSError:
+            return
+        self._published, self._published_at = doc, now
+
+    def drain_until_idle(
+        self, timeout: Optional[float] = None, progress: Optional[Callable[[int], None]] = None
+    ) -> int:
+        """Ship until nothing is pending or ``timeout``; returns events still pending."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._take_lock(timeout):
+            self._stats.last_error = "another drainer is shipping this spool"
+            return self.pending_events()
+        while not self._stop.is_set():
+            before = self._stats.delivered
+            self._round(deadline)
+            if progress is not None:
+                progress(self._stats.delivered - before)
+            if self.reader.read_batch(1, 1) is None:
+                return 0
+            self.reader.rewind()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return self.pending_events()
+
+    def follow(self) -> None:
+        """Ship continuously, woken by file events under the spool, until ``stop()``."""
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
+        from watchdog.observers import Observer  # noqa: PLC0415
+
+        drainer = self
+
+        class _Wake(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                mark_internal_thread()
+                drainer.wake()
+
+        ensure_dir(self.spool_dir)
+        observer = Observer()
+        observer.daemon = True
+        observer.schedule(_Wake(), self.spool_dir, recursive=True)
+        observer.start()
+        try:
+            self._loop()
+        finally:
+            observer.stop()
+            observer.join(5)
+
+    # -- thread --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run on a daemon thread until stop()."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="cerbispool-drain", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        mark_internal_thread()  # SDK log records from this thread never reach our handler
+        while not self._stop.is_set():
+            self._round()
+            self._wake.wait(self.idle_poll_s)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """New records were written: ship soon."""
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Ask the loops to end (safe from a signal handler); does not wait."""
+        self._stop.set()
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop within ``timeout``: interrupts backoff, closes the transport, releases locks."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.close()
+
+    def close(self) -> None:
+        """Close the transport and our own gap lane; release the drain lock."""
+        self.transport.close()
+        if self._own_writer is not None:
+            self._own_writer.close()
+            self._own_writer = None
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters as a dict (merged into SpoolHandler.stats())."""
+        return asdict(self._stats)
+
+    def pending_events(self) -> int:
+        """Event records not yet acknowledged, over every lane."""
+        reader = SpoolReader(self.spool_dir, remove_idle_lanes=False)
+        return sum(len(b.events()) for b in reader.batches(10_000, 1 << 26))
+
+    def _take_lock(self, timeout: Optional[float]) -> bool:
+        if self._lock.is_locked:
+            return True
+        try:
+            self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+        except Timeout:
+            return False
+        return True

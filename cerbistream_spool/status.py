@@ -1,0 +1,93 @@
+"""status(spool_dir) → what ``cerbispool status`` prints: lanes, segments, pending, errors.
+
+Cheap: reads each lane's cursor, sizes and the tail of its newest segment only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, Optional
+
+from cerbistream_spool.spool.cursor import Cursor, read_cursor
+from cerbistream_spool.spool.fsio import FILE_MODE
+from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir, lane_is_live, list_lanes
+from cerbistream_spool.spool.reader import oldest_pending_ns
+from cerbistream_spool.spool.recovery import scan_tail
+from cerbistream_spool.spool.segments import list_segments
+
+__all__ = ["STATUS_FILE", "read_drain_status", "status", "write_drain_status"]
+
+STATUS_FILE = "drain-status.json"
+
+
+def status(spool_dir: str) -> Dict[str, Any]:
+    """Per-lane and total pending records/bytes, oldest pending age, the drainer's last error."""
+    lanes = []
+    now = time.time_ns()
+    for lane in list_lanes(spool_dir):
+        ldir = lane_dir(spool_dir, lane)
+        segments = list_segments(ldir)
+        cursor = read_cursor(ldir, lane)
+        acked = cursor.acked_seq if isinstance(cursor, Cursor) else 0
+        last_seq = None
+        if segments:
+            with open(segments[-1][1], "rb") as fh:
+                tail = scan_tail(fh.read())
+            last_seq = tail.last.seq if tail.last else segments[-1][0] - 1
+        oldest = oldest_pending_ns(spool_dir, lane)
+        lanes.append(
+            {
+                "lane": lane,
+                "live": lane_is_live(spool_dir, lane),
+                "segments": len(segments),
+                "bytes": sum(_size(p) for _, p in segments),
+                "acked_seq": acked,
+                "last_seq": last_seq,
+                "pending_records": max(0, (last_seq or 0) - acked),
+                "oldest_pending_age_s": None if oldest is None else max(0.0, (now - oldest) / 1e9),
+                "cursor_problem": cursor if isinstance(cursor, str) else None,
+            }
+        )
+    ages = [ln["oldest_pending_age_s"] for ln in lanes if ln["oldest_pending_age_s"] is not None]
+    qdir = os.path.join(spool_dir, QUARANTINE_DIR)
+    drain = read_drain_status(spool_dir) or {}
+    return {
+        "spool_dir": os.path.abspath(spool_dir),
+        "lanes": lanes,
+        "segments": sum(ln["segments"] for ln in lanes),
+        "pending_records": sum(ln["pending_records"] for ln in lanes),
+        "pending_bytes": sum(ln["bytes"] for ln in lanes),
+        "oldest_pending_age_s": max(ages) if ages else None,
+        "quarantined": sorted(os.listdir(qdir)) if os.path.isdir(qdir) else [],
+        "last_error": drain.get("last_error"),
+        "last_delivery_unix": drain.get("last_delivery_unix"),
+    }
+
+
+def write_drain_status(spool_dir: str, doc: Dict[str, Any]) -> None:
+    """Publish the drainer's counters for ``status`` (rename, no fsync: advisory only)."""
+    path = os.path.join(spool_dir, STATUS_FILE)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh)
+    os.replace(tmp, path)
+
+
+def read_drain_status(spool_dir: str) -> Optional[Dict[str, Any]]:
+    """The drainer's last published counters, if any."""
+    try:
+        with open(os.path.join(spool_dir, STATUS_FILE)) as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,36 @@
+"""JsonlTransport: writes events as JSON lines to a file (``verify --replay --to``)."""
+
+from __future__ import annotations
+
+import os
+from typing import IO, Optional, Sequence
+
+from cerbistream_spool.spool.fsio import FILE_MODE
+from cerbistream_spool.transports.base import OutgoingMessage, SendResult
+
+__all__ = ["JsonlTransport"]
+
+
+class JsonlTransport:
+    """Appends one JSON line per message; fsyncs after every batch before returning."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.max_batch_bytes: Optional[int] = None
+        self._fh: Optional[IO[bytes]] = None
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> SendResult:
+        """Append the bodies; durable when this returns."""
+        if self._fh is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+            self._fh = os.fdopen(fd, "ab")
+        self._fh.write(b"".join(m.body + b"\n" for m in messages))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        return SendResult()
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

@@ -1,0 +1,154 @@
+"""ServiceBusTransport: azure-servicebus sender with broker-sized batches (CONTRACT §2).
+
+One client and sender stay open across batches and are reopened after any
+failure. Batches come from ``create_message_batch()`` so the size limit is the
+broker's; every send carries a timeout. SDK errors are mapped to
+:class:`TransientTransportError` (retry) or :class:`PermanentTransportError`
+(auth, missing entity, bad connection string: retrying without a fix cannot
+help, but the drainer keeps the records and keeps trying, slowly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Optional, Sequence, cast
+
+from azure.servicebus import ServiceBusClient, ServiceBusMessage
+from azure.servicebus.exceptions import (
+    MessageSizeExceededError,
+    MessagingEntityDisabledError,
+    MessagingEntityNotFoundError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+)
+
+from cerbistream_spool.errors import PermanentTransportError, TransientTransportError
+from cerbistream_spool.transports.base import OutgoingMessage, SendResult
+
+__all__ = ["MAX_BATCH_MESSAGES", "ServiceBusTransport"]
+
+MAX_BATCH_MESSAGES = 4500  # undocumented per-batch message cap on the Standard tier
+_PERMANENT = (
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    MessagingEntityNotFoundError,
+    MessagingEntityDisabledError,
+)
+
+
+class ServiceBusTransport:
+    """Ships messages to one Service Bus queue."""
+
+    def __init__(
+        self,
+        *,
+        queue_name: str,
+        connection_string: Optional[str] = None,
+        fully_qualified_namespace: Optional[str] = None,
+        credential: Any = None,
+        send_timeout_s: float = 30.0,
+        retry_total: int = 0,
+    ) -> None:
+        if not connection_string and not fully_qualified_namespace:
+            raise PermanentTransportError("a connection string or a namespace is required")
+        self.queue_name = queue_name
+        self.send_timeout_s = send_timeout_s
+        self.max_batch_bytes: Optional[int] = None
+        self._connection_string = connection_string
+        self._namespace = fully_qualified_namespace
+        self._credential = credential
+        self._retry_total = retry_total  # our drainer retries with backoff; the SDK must not
+        self._client: Any = None
+        self._sender: Any = None
+        self._lock = threading.Lock()
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> SendResult:
+        """Send in order in broker-sized batches; see the module docstring."""
+        with self._lock:
+            try:
+                return self._send(messages)
+            except MessageSizeExceededError as exc:  # the whole batch refused: retry smaller
+                self._reset()
+                raise TransientTransportError(f"batch refused as too large: {exc}") from exc
+            except _PERMANENT as exc:
+                self._reset()
+                raise PermanentTransportError(f"{type(exc).__name__}: {exc}") from exc
+            except ValueError as exc:  # malformed connection string
+                self._reset()
+                raise PermanentTransportError(f"bad connection settings: {exc}") from exc
+            except Exception as exc:
+                self._reset()
+                raise TransientTransportError(f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close sender and client."""
+        with self._lock:
+            self._reset()
+
+    def _open(self) -> Any:
+        if self._sender is None:
+            if self._connection_string:
+                client = ServiceBusClient.from_connection_string(
+                    self._connection_string, retry_total=self._retry_total
+                )
+            else:
+                client = ServiceBusClient(
+                    str(self._namespace),
+                    self._credential or _default_credential(),
+                    retry_total=self._retry_total,
+                )
+            self._client = client
+            self._sender = client.get_queue_sender(self.queue_name)
+        return self._sender
+
+    def _send(self, messages: Sequence[OutgoingMessage]) -> SendResult:
+        sender = self._open()
+        result = SendResult()
+        batch = sender.create_message_batch()
+        self.max_batch_bytes = batch.max_size_in_bytes
+        for message in messages:
+            sb_message = ServiceBusMessage(
+                message.body,
+                message_id=message.message_id,
+                content_type=message.content_type,
+                application_properties=cast(Any, message.application_properties),
+            )
+            if len(batch) >= MAX_BATCH_MESSAGES:
+                sender.send_messages(batch, timeout=self.send_timeout_s)
+                batch = sender.create_message_batch()
+            try:
+                batch.add_message(sb_message)
+                continue
+            except MessageSizeExceededError:
+                if len(batch) == 0:
+                    result.rejected.append((message, "larger than the broker's batch limit"))
+                    continue
+            sender.send_messages(batch, timeout=self.send_timeout_s)
+            batch = sender.create_message_batch()
+            try:
+                batch.add_message(sb_message)
+            except MessageSizeExceededError:
+                result.rejected.append((message, "larger than the broker's batch limit"))
+        if len(batch):
+            sender.send_messages(batch, timeout=self.send_timeout_s)
+        return result
+
+    def _reset(self) -> None:
+        sender, client = self._sender, self._client
+        self._sender = self._client = None
+        for closable in (sender, client):
+            if closable is not None:
+                with contextlib.suppress(Exception):  # already failing; reopened next time
+                    closable.close()
+
+
+def _default_credential() -> Any:
+    try:
+        from azure.identity import DefaultAzureCredential  # noqa: PLC0415 — optional extra
+    except ImportError as exc:
+        raise PermanentTransportError(
+            "fully_qualified_namespace needs azure-identity:"
+            " pip install 'cerbistream_spool[identity]'"
+        ) from exc
+    return DefaultAzureCredential()

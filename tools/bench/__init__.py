@@ -1,0 +1,1 @@
+"""Benchmarks (not shipped): ``python tools/bench/spool_bench.py [--quick] [--json]``."""
