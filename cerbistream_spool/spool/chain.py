@@ -44,6 +44,15 @@ class Chain:
             return hashlib.sha256(prev_hash + canonical).digest()
         return hmac.digest(self.key, prev_hash + canonical, "sha256")
 
+    def digest_parts(self, prev_hash: bytes, head: bytes, body: bytes) -> bytes:
+        """``digest(prev_hash, head + body)`` without joining the parts (hot path)."""
+        if self.key is None:
+            h = hashlib.sha256(prev_hash)
+            h.update(head)
+            h.update(body)
+            return h.digest()
+        return hmac.digest(self.key, prev_hash + head + body, "sha256")
+
     def matches(self, prev_hash: bytes, canonical: bytes, expected: bytes) -> bool:
         """Constant-time comparison of the recomputed hash with ``expected``."""
         return hmac.compare_digest(self.digest(prev_hash, canonical), expected)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import threading
 import zlib
 from enum import IntEnum
 from typing import Any, Iterator, NamedTuple, Optional, Tuple, Union
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
+_local = threading.local()
 _U32 = struct.Struct("<I")
 _CANON = struct.Struct("<QBq")
 FRAME_OVERHEAD = 12
@@ -105,7 +107,16 @@ class Frame(NamedTuple):
 
 def encode_body(value: Any) -> bytes:
     """msgpack-encode an event or marker body."""
-    return msgpack.packb(value, use_bin_type=True)
+    return _packer().pack(value)
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's Packer (``packb`` would build a new one per call)."""
+    try:
+        return _local.packer  # type: ignore[no-any-return]
+    except AttributeError:
+        _local.packer = msgpack.Packer(use_bin_type=True)
+        return _local.packer  # type: ignore[no-any-return]
 
 
 def decode_body(body: bytes) -> Any:
@@ -122,13 +133,14 @@ def encode_record(
     seq: int, kind: int, ts_ns: int, prev_hash: bytes, body: bytes, chain: Chain
 ) -> Tuple[bytes, bytes]:
     """Frame one record; returns ``(frame bytes, record hash)``."""
-    digest = chain.digest(prev_hash, _CANON.pack(seq, kind, ts_ns) + body)
-    payload: bytes = msgpack.packb([seq, kind, ts_ns, prev_hash, digest, body], use_bin_type=True)
+    digest = chain.digest_parts(prev_hash, _CANON.pack(seq, kind, ts_ns), body)
+    payload: bytes = _packer().pack([seq, kind, ts_ns, prev_hash, digest, body])
     size = len(payload)
     if size > MAX_PAYLOAD:
         raise RecordTooLargeError(f"record payload is {size} bytes; the limit is {MAX_PAYLOAD}")
     head = _U32.pack(size)
-    return head + payload + _U32.pack(zlib.crc32(payload, zlib.crc32(head))) + head, digest
+    crc = _U32.pack(zlib.crc32(payload, zlib.crc32(head)))
+    return b"".join((head, payload, crc, head)), digest
 
 
 def read_frame(buf: Buffer, offset: int, resync: bool = True) -> Frame:

@@ -56,35 +56,43 @@ class Tail:
     detail: str = ""
 
 
-def scan_tail(buf: bytes) -> Tail:
-    """Scan a segment image (header included) and classify how it ends."""
+def scan_tail(buf: bytes, decode_all: bool = False) -> Tail:
+    """Scan a segment image (header included) and classify how it ends.
+
+    Every frame's length, trailer and CRC are checked; only the last valid
+    frame's payload is decoded, unless it does not decode: then the scan runs
+    again decoding every frame, and the first undecodable one counts as damage.
+    """
     offset = HEADER_SIZE
-    last: Optional[Record] = None
+    last_ok: Optional[Tuple[int, bytes]] = None
     count = 0
     while True:
         frame = read_frame(buf, offset)
+        if frame.status is FrameStatus.OK:
+            if not decode_all or isinstance(decode_payload(frame.payload), Record):
+                last_ok, count, offset = (offset, frame.payload), count + 1, frame.end
+                continue
+            frame = frame._replace(status=FrameStatus.CORRUPT, detail="undecodable payload")
+        last = None
+        if last_ok is not None:
+            decoded = decode_payload(last_ok[1])
+            if not isinstance(decoded, Record):
+                return scan_tail(buf, decode_all=True)
+            last = decoded
         if frame.status is FrameStatus.END:
             return Tail(offset, last, count)
-        if frame.status is FrameStatus.OK:
-            rec = decode_payload(frame.payload)
-            if isinstance(rec, Record) and (last is None or rec.seq > last.seq):
-                last, count, offset = rec, count + 1, frame.end
-                continue
-            detail = rec if isinstance(rec, str) else f"seq {rec.seq} does not follow {last}"
-        else:
-            detail = frame.detail
         if frame.status is FrameStatus.TORN:
-            return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=detail)
+            return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=frame.detail)
         resync = find_next_frame(buf, offset + 1)
         if resync is None:  # nothing valid after it: a torn (partially written) tail
-            return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=detail)
+            return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=frame.detail)
         return Tail(
             offset,
             last,
             count,
             corrupt_at=offset,
             max_seq_after=_max_seq_from(buf, resync),
-            detail=detail,
+            detail=frame.detail,
         )
 
 
