@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from spoolkit import SMALL, build, event_ids, flip, frames, read_all, read_bytes, segments
 
 from cerbistream_spool import verify
-from cerbistream_spool.spool import Kind, SpoolWriter
+from cerbistream_spool.spool import Kind, SpoolReader, SpoolWriter
 from cerbistream_spool.spool.cursor import Cursor, write_cursor
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir
 from cerbistream_spool.spool.segments import HEADER_SIZE
@@ -106,13 +106,16 @@ def test_a_cursor_ahead_of_the_tail_never_reuses_acknowledged_seqs(spool_dir: st
     assert seqs and min(seqs) > 500
 
 
-def test_an_interrupted_cursor_update_is_cleaned_up(spool_dir: str) -> None:
+def test_an_interrupted_cursor_update_leaves_the_cursor_intact(spool_dir: str) -> None:
     build(spool_dir, 5)
     tmp = os.path.join(lane_dir(spool_dir, 0), "cursor.tmp")
     with open(tmp, "wb") as fh:
         fh.write(b"half")
     reopen(spool_dir)
-    assert not os.path.exists(tmp)
+    assert verify(spool_dir).valid
+    reader = SpoolReader(spool_dir)
+    reader.ack(reader.read_batch())
+    assert verify(spool_dir).valid
 
 
 @settings(

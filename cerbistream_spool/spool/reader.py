@@ -15,6 +15,7 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
@@ -34,6 +35,7 @@ from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_se
 __all__ = ["Batch", "SpoolReader", "oldest_pending_ns"]
 
 _MAX_PROBLEMS = 1000
+_REMOVING = ".removing-"
 
 
 class Batch(NamedTuple):
@@ -78,6 +80,9 @@ class SpoolReader:
     problems: List[Dict[str, Any]] = field(default_factory=list)
     _pos: Dict[int, _Position] = field(default_factory=dict)
     _next_lane: int = 0
+
+    def __post_init__(self) -> None:
+        _sweep_removed_lanes(self.spool_dir)
 
     # -- public API ---------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class SpoolReader:
         nbytes = 0
         ldir = lane_dir(self.spool_dir, lane)
         segments = list_segments(ldir)
-        pos.exhausted = False
+        pos.exhausted = not segments  # a lane without segments has nothing left to read
         while segments and len(records) < max_records and nbytes < max_bytes:
             bases = [b for b, _ in segments]
             if pos.base is None or pos.base not in bases:
@@ -249,8 +254,13 @@ class SpoolReader:
             # a writer may have appended between our read and taking the lock
             if segments and (segments[-1][0] != pos.base or _size(segments[-1][1]) != pos.offset):
                 return
-            shutil.rmtree(ldir, ignore_errors=True)
-            fsync_dir(os.path.join(self.spool_dir, LANES_DIR))
+            # one rename makes the removal atomic: a crash leaves either the whole lane or a
+            # ".removing-" directory that list_lanes ignores and the next reader sweeps
+            lanes_dir = os.path.join(self.spool_dir, LANES_DIR)
+            doomed = os.path.join(lanes_dir, f"{_REMOVING}{lane:04d}-{time.time_ns()}")
+            os.rename(ldir, doomed)
+            fsync_dir(lanes_dir)
+            shutil.rmtree(doomed, ignore_errors=True)
             del self._pos[lane]
         finally:
             lock.release()
@@ -266,6 +276,18 @@ class SpoolReader:
                     "detail": detail,
                 }
             )
+
+
+def _sweep_removed_lanes(spool_dir: str) -> None:
+    """Finish lane removals a crash interrupted (their rename already took them out)."""
+    lanes_dir = os.path.join(spool_dir, LANES_DIR)
+    try:
+        names = os.listdir(lanes_dir)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(_REMOVING):
+            shutil.rmtree(os.path.join(lanes_dir, name), ignore_errors=True)
 
 
 def oldest_pending_ns(spool_dir: str, lane: int) -> Optional[int]:

@@ -143,9 +143,8 @@ def _quarantine(spool_dir: str, lane: int, path: str) -> str:
 def recover_lane(spool_dir: str, lane: int) -> LaneState:
     """Bring a lane to a state the writer can append to; see the module docstring."""
     ldir = lane_dir(spool_dir, lane)
-    for name in os.listdir(ldir):
-        if name.endswith(".tmp"):  # an interrupted atomic_write: the original is intact
-            os.unlink(os.path.join(ldir, name))
+    # a cursor.tmp is left alone: a live drainer may be between its fsync and rename
+    # (it holds drain.lock, not the lane lock); a stale one is truncated on the next write
     found_cursor = read_cursor(ldir, lane)
     notes: List[str] = []
     if isinstance(found_cursor, str):
