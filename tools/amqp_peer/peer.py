@@ -32,8 +32,8 @@ import contextlib
 import functools
 import itertools
 import logging
-import queue
 import random
+import socket
 import threading
 import time
 from collections import deque
@@ -77,6 +77,9 @@ CREDIT_WINDOW = 500
 _TICK_S = 0.05
 #: How long stop() lets clients answer our AMQP close before sockets are cut.
 _CLOSE_GRACE_S = 0.2
+
+#: error info attached to every error we send (the SDK needs it non-empty)
+_FAULT_INFO = {symbol("x-opt-amqp-peer"): "fault-injection"}
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -242,6 +245,18 @@ def split_batch(payload: bytes) -> Optional[List[bytes]]:
     return out or None
 
 
+def entity_name(address: Optional[str]) -> str:
+    """Queue name from a link target address.
+
+    The SDK attaches to ``amqps://host:port/<entity>``; a bare name is kept.
+    """
+    address = address or ""
+    if "://" in address:
+        rest = address.split("://", 1)[1]
+        address = rest.split("/", 1)[1] if "/" in rest else ""
+    return address.strip("/")
+
+
 def _plain(value: Any) -> Any:
     """Turn proton's typed subclasses (symbol, ulong, Described...) into plain Python."""
     if isinstance(value, bool) or value is None:
@@ -369,7 +384,8 @@ class _PeerHandler:
                 transport.close_head()
                 transport.close_tail()
         elif not conn.state & Endpoint.LOCAL_CLOSED:
-            conn.condition = Condition(CONNECTION_FORCED, description)
+            # info must be non-empty: the SDK indexes error[2] (see _reject)
+            conn.condition = Condition(CONNECTION_FORCED, description, _FAULT_INFO)
             conn.close()
 
     def abort_all(self) -> None:
@@ -387,7 +403,8 @@ class _PeerHandler:
 
     @_guarded
     def on_connection_bound(self, event: Any) -> None:
-        # Accept SASL ANONYMOUS/PLAIN (or none): auth happens later via CBS.
+        # The SDK's emulator mode skips SASL (plain AMQP header); other clients
+        # may use ANONYMOUS or PLAIN. Either way auth is the CBS put-token.
         sasl = event.transport.sasl()
         sasl.allowed_mechs("ANONYMOUS PLAIN")
         self._state(event.connection)
@@ -440,10 +457,10 @@ class _PeerHandler:
         st = self._state(link.connection)
         if link.is_receiver:
             address = link.remote_target.address or ""
-            if address != CBS_ADDRESS:
-                self.peer._note_entity(address)
+            if entity_name(address) != CBS_ADDRESS:
+                self.peer._note_entity(entity_name(address))
             link.flow(CREDIT_WINDOW)
-        elif (link.remote_source.address or "") == CBS_ADDRESS:
+        elif entity_name(link.remote_source.address) == CBS_ADDRESS:
             st.cbs_sender = link
             self._flush_cbs(st)
 
@@ -504,8 +521,7 @@ class _PeerHandler:
         link = dlv.link
         if not link.is_receiver:
             return  # disposition update for one of our (pre-settled) CBS replies
-        if dlv.aborted:
-            link.advance()
+        if dlv.aborted:  # the client gave up on a partial transfer
             dlv.settle()
             return
         if dlv.partial:
@@ -516,16 +532,17 @@ class _PeerHandler:
             link.flow(CREDIT_WINDOW - link.credit)
         conn = link.connection
         target = link.remote_target.address or ""
-        if target == CBS_ADDRESS:
+        if entity_name(target) == CBS_ADDRESS:
             self._on_cbs_request(conn, payload)
             dlv.update(Delivery.ACCEPTED)
             dlv.settle()
             return
         st = self._state(conn)
-        if st.dead:
-            return
         peer = self.peer
         seq = peer._count("deliveries")
+        if st.dead:  # pipelined behind a close_after: never settled
+            peer._count("dropped_deliveries")
+            return
         if peer._consume_close_after():
             peer._count("dropped_deliveries")
             log.info("amqp_peer: close_after reached; dropping delivery %d and the connection", seq)
@@ -535,7 +552,7 @@ class _PeerHandler:
             self._reject(dlv, SERVER_BUSY, "amqp_peer busy_rate fault: server busy, retry later")
             return
         try:
-            records = self._decode(payload, target, seq, st.id)
+            records = self._decode(payload, entity_name(target), seq, st.id)
         except Exception as exc:
             self._reject(dlv, DECODE_ERROR, f"amqp_peer could not decode the delivery: {exc}")
             return
@@ -545,9 +562,7 @@ class _PeerHandler:
         else:
             self._accept(dlv, records, st)
 
-    def _decode(
-        self, payload: bytes, entity: str, seq: int, conn_id: int
-    ) -> List[AcceptedMessage]:
+    def _decode(self, payload: bytes, entity: str, seq: int, conn_id: int) -> List[AcceptedMessage]:
         now = time.time()
         sections = split_batch(payload)
         if sections is None:
@@ -574,23 +589,37 @@ class _PeerHandler:
         ]
 
     def _reject(self, dlv: Delivery, condition: str, description: str) -> None:
-        # The SDK needs the error on a rejected outcome, or its send hangs.
-        dlv.local.condition = Condition(condition, description)
+        # The SDK reads error[0..2] of a rejected outcome (condition, description,
+        # info) and its completion callback fails when any is missing; proton
+        # omits trailing nulls, so ``info`` must be a non-empty map.
+        dlv.local.condition = Condition(condition, description, _FAULT_INFO)
         dlv.update(Delivery.REJECTED)
         dlv.settle()
         self.peer._count("rejected_deliveries")
 
     def _accept(self, dlv: Delivery, records: List[AcceptedMessage], st: _ConnState) -> None:
-        if st.dead or dlv.settled or dlv.link.state & Endpoint.LOCAL_CLOSED:
+        if st.dead or dlv.link.state & Endpoint.LOCAL_CLOSED:
             self.peer._count("dropped_deliveries")
             return
-        dlv.update(Delivery.ACCEPTED)
+        if not dlv.settled:  # a pre-settled transfer (remote settled) needs no outcome
+            dlv.update(Delivery.ACCEPTED)
         dlv.settle()
         self.peer._record(records)
 
 
 # ---------------------------------------------------------------------------
 # the public peer
+
+
+def _check_bindable(port: int) -> None:
+    """Raise OSError if ``127.0.0.1:port`` cannot be bound.
+
+    proton's listener leaks its socket (a ResourceWarning) when bind fails,
+    so find out with a socket we close ourselves first.
+    """
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((LOOPBACK, port))
 
 
 class _StartDescriptor:
@@ -643,7 +672,6 @@ class LocalPeer:
         self.auth_fail = bool(auth_fail)
         self.on_accept = on_accept
         self._thread: Optional[threading.Thread] = None
-        self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
         self._stop_requested = threading.Event()
         self._ready = threading.Event()
         self._reset_stats()
@@ -665,6 +693,8 @@ class LocalPeer:
         """
         if self.running:
             return self
+        if self._port:
+            _check_bindable(self._port)
         handler = _PeerHandler(self)
         container = Container(handler)
         handler.container = container
@@ -673,7 +703,6 @@ class LocalPeer:
         self._port = sock.getsockname()[1]
         self._stop_requested.clear()
         self._ready.clear()
-        self._commands = queue.Queue()
         io_handler = getattr(container.global_handler, "base", None)
         self._thread = threading.Thread(
             target=self._run,
