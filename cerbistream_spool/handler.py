@@ -192,11 +192,13 @@ class SpoolHandler(logging.Handler):
             oldest = oldest_pending_ns(self.spool_dir, writer.lane)
             if oldest is not None:
                 out["oldest_pending_age_s"] = max(0.0, (time.time_ns() - oldest) / 1e9)
-        if self._drainer is not None:
-            out.update(self._drainer.stats())
+        drain = self._drainer.stats() if self._drainer is not None else None
+        out["drain"] = drain  # the drainer's counters; "delivered" above is the watermark
         out["dropped"] = out.get("dropped", 0) + self._dropped
         out["suppressed"] = self._suppressed
-        out["last_error"] = self._last_error or out.get("last_error")
+        out["last_error"] = (
+            (drain or {}).get("last_error") or self._last_error or out.get("last_error")
+        )
         out["governance_sha256"] = self._governance.sha256
         return out
 
