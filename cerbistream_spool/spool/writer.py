@@ -53,6 +53,10 @@ class SpoolWriter:
         self.spool_dir = os.path.abspath(spool_dir)
         self._chain = Chain(self.config.resolved_key())
         self._flags = FLAG_KEYED if self._chain.keyed else 0
+        self._always = self.config.fsync == "always"
+        self._max_spool = self.config.max_spool_bytes
+        self._max_segment = self.config.segment_max_bytes
+        self._max_age_ns = int(self.config.segment_max_age_s * 1e9)
         self._lock = threading.Lock()
         self._sync_cond = threading.Condition(threading.Lock())
         self._syncing = False
@@ -127,13 +131,13 @@ class SpoolWriter:
         """Append one event (any msgpack-able value); returns its sequence number."""
         return self.append_body(encode_body(event))
 
-    def append_body(self, body: bytes, kind: Kind = Kind.EVENT) -> int:
+    def append_body(self, body: bytes, kind: int = Kind.EVENT) -> int:
         """Append an already msgpack-encoded body; returns its sequence number."""
         with self._lock:
             if self._closed:
                 raise SpoolClosedError("spool writer is closed")
-            seq = self._append_locked(kind, body)
-        if self.config.fsync == "always":
+            seq = self._append_locked(int(kind), body)
+        if self._always:
             self._sync(seq)
         return seq
 
@@ -191,29 +195,33 @@ class SpoolWriter:
 
     # -- append path (caller holds self._lock) ------------------------------------
 
-    def _append_locked(self, kind: Kind, body: bytes) -> int:
+    def _append_locked(self, kind: int, body: bytes) -> int:
         need = len(body) + 128
-        if self._over_cap(need):
+        if self._fixed_bytes + self._seg_size + need > self._max_spool:  # _over_cap, inlined
             self._make_room(need)
-        self._write_pending_gap()
+        if self._dropped_unrecorded:
+            self._write_pending_gap()
         return self._write(kind, body)
 
-    def _write(self, kind: Kind, body: bytes) -> int:
+    def _write(self, kind: int, body: bytes) -> int:
+        """Frame and write one record (the hot path: keep it flat)."""
         seq = self._next_seq
         now = time.time_ns()
         if self._seg_records and (
-            self._seg_size + len(body) + 128 > self.config.segment_max_bytes
-            or now - self._seg_created_ns > self.config.segment_max_age_s * 1e9
+            self._seg_size + len(body) + 128 > self._max_segment
+            or now - self._seg_created_ns > self._max_age_ns
         ):
             self._rotate()
-        if self._fd is None:
+        fd = self._fd
+        if fd is None:
             self._new_segment()
+            fd = self._fd
+            assert fd is not None
         frame, digest = encode_record(seq, kind, now, self._last_hash, body, self._chain)
-        assert self._fd is not None
         try:
-            written = os.write(self._fd, frame)
+            written = os.write(fd, frame)
             if written != len(frame):  # a short write is legal: finish it
-                write_all(self._fd, frame[written:])
+                write_all(fd, frame[written:])
         except OSError as exc:
             self._last_error = f"write failed: {exc}"
             self._cut_back()
@@ -288,7 +296,7 @@ class SpoolWriter:
         self._fixed_bytes = self._other_bytes + sum(size for _, _, size in self._sealed)
 
     def _over_cap(self, need: int) -> bool:
-        return self._fixed_bytes + self._seg_size + need > self.config.max_spool_bytes
+        return self._fixed_bytes + self._seg_size + need > self._max_spool
 
     def _make_room(self, need: int) -> None:
         self._refresh_sizes()
