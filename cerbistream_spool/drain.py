@@ -288,8 +288,9 @@ class Drainer:
             self._wake.clear()
 
     def wake(self) -> None:
-        """New records were written: ship soon."""
-        self._wake.set()
+        """New records were written: ship soon (cheap when already signalled: emit calls it)."""
+        if not self._wake.is_set():
+            self._wake.set()
 
     def request_stop(self) -> None:
         """Ask the loops to end (safe from a signal handler); does not wait."""

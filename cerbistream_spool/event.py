@@ -33,13 +33,14 @@ import json
 import logging
 import math
 import os
+import threading
 import traceback
 from datetime import datetime, timezone
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, Mapping, Optional, Tuple
 
 from cerbistream_spool.context import get_correlation_id
 from cerbistream_spool.errors import SpoolConfigError
-from cerbistream_spool.governance import Governance, Violation, apply_actions
+from cerbistream_spool.governance import REDACTED, Governance, Violation, apply_actions
 
 __all__ = [
     "CONTROL_KEYS",
@@ -83,6 +84,8 @@ RESERVED_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict_
     "asctime",
     "taskName",  # set by LogRecord only on 3.12+; never an extra on any version
 }
+_BASE_NAMES = list(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_NBASE = len(_BASE_NAMES)
 MAX_DEPTH = 32  # below System.Text.Json's default MaxDepth of 64, envelope included
 
 _PAYLOAD_KEYS = frozenset(
@@ -90,9 +93,12 @@ _PAYLOAD_KEYS = frozenset(
 )
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
+_ID_BLOCK = 64
+_ids = threading.local()
 _UUID_VARIANT = {f"{i:x}": "89ab"[i & 3] for i in range(16)}
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _NO_VIOLATIONS: Tuple[Violation, ...] = ()
+_NOTHING: FrozenSet[str] = frozenset()
 
 # One-slot memo of the per-second timestamp prefix: (epoch second, "YYYY-MM-DDTHH:MM:SS").
 # Bounded and thread-safe (read and replaced as one tuple).
@@ -128,17 +134,30 @@ def build_event(
     governance: Optional[Governance] = None,
 ) -> Dict[str, Any]:
     """The ScoringEventDto dict for ``record``, after governance Redact/Block."""
+    attrs = record.__dict__
+    names = list(attrs)
+    if names[:_NBASE] == _BASE_NAMES:  # makeRecord's order: the extras come after these
+        names = names[_NBASE:]
     extras: Dict[str, Any] = {}
     controls: Optional[Dict[str, Any]] = None
-    for key, value in record.__dict__.items():
+    flat = True  # no mapping among the values: governance depends on the key set only
+    for key in names:
         if key in RESERVED_ATTRS or key[:1] == "_":
             continue
+        value = attrs[key]
         if key in CONTROL_KEYS:
             if controls is None:
                 controls = {}
             controls[key] = value
             continue
-        extras[key if key.isascii() else _utf8(key)] = to_wire(value)
+        cls = value.__class__
+        if (cls is str and value.isascii()) or (cls is int and _INT_MIN <= value <= _INT_MAX):
+            wire = value
+        else:
+            wire = to_wire(value)
+            if wire.__class__ is dict:
+                flat = False
+        extras[key if key.isascii() else _utf8(key)] = wire
 
     correlation_id: Optional[str] = None
     relaxed = False
@@ -157,11 +176,17 @@ def build_event(
         if correlation_id is not None:
             correlation_id = _as_text(correlation_id)
 
-    violations = governance.check(extras) if governance is not None else _NO_VIOLATIONS
+    violations: Tuple[Violation, ...] = _NO_VIOLATIONS
     blocked = False
+    redact: FrozenSet[str] = _NOTHING  # flat path: keys whose value becomes REDACTED
     payload_extras: Mapping[str, Any] = extras
-    if violations:
-        payload_extras, blocked = apply_actions(extras, violations)
+    if governance is not None and extras:
+        if flat:
+            violations, redact, blocked = governance.flat_plan(tuple(extras))
+        else:
+            violations = governance.check(extras)
+            if violations:
+                payload_extras, blocked = apply_actions(extras, violations)
 
     logger = to_wire(record.name)
     level = to_wire(record.levelname)
@@ -177,6 +202,8 @@ def build_event(
             "function": to_wire(record.funcName),
         }
         for key, value in payload_extras.items():
+            if key in redact:  # decided on the original name, before any renaming
+                value = REDACTED  # noqa: PLW2901
             if key in _PAYLOAD_KEYS:
                 key = "extra_" + key  # noqa: PLW2901
                 while key in payload or key in payload_extras:
@@ -225,10 +252,26 @@ def log_level_name(levelno: int) -> str:
 
 
 def new_log_id() -> str:
-    """A random UUID4 string (same bits as ``str(uuid.uuid4())``, without the UUID object)."""
-    h = os.urandom(16).hex()
-    # nibble 12 is the version (4); nibble 16 keeps its 2 low random bits under variant 10xx
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    """A random UUID4 string (same bits as ``str(uuid.uuid4())``, without the UUID object).
+
+    Randomness comes from ``os.urandom`` in blocks of 64 ids per thread (one
+    syscall per 64 events); ids never repeat across threads or calls.
+    """
+    try:
+        return next(_ids.gen)  # type: ignore[no-any-return]
+    except AttributeError:
+        _ids.gen = _log_ids()
+        return next(_ids.gen)  # type: ignore[no-any-return]
+
+
+def _log_ids() -> Iterator[str]:
+    variant = _UUID_VARIANT
+    while True:
+        block = os.urandom(16 * _ID_BLOCK).hex()
+        for i in range(0, 32 * _ID_BLOCK, 32):
+            h = block[i : i + 32]
+            # nibble 12 is the version (4); nibble 16 keeps its 2 low random bits under 10xx
+            yield f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def format_timestamp(created: float) -> str:

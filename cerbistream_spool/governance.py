@@ -29,7 +29,18 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from cerbistream_spool.errors import GovernanceConfigError
 
@@ -37,6 +48,7 @@ __all__ = [
     "ACTION_BLOCK",
     "ACTION_REDACT",
     "REDACTED",
+    "FlatPlan",
     "Governance",
     "Rule",
     "Violation",
@@ -128,6 +140,10 @@ class Governance:
     path: str = ""
     sha256: str = ""  # of the file bytes; lets a reloader skip unchanged versions
     _trie: Dict[str, _Node] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # flat_plan() memo: extras key tuple -> plan; bounded, filled lazily (dict ops are atomic)
+    _plans: Dict[Tuple[str, ...], FlatPlan] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         trie: Dict[str, _Node] = {}
@@ -154,6 +170,39 @@ class Governance:
         if len(hits) == 1:
             return tuple(hits.values())
         return tuple(hits[p] for p in sorted(hits))
+
+    def flat_plan(self, keys: Tuple[str, ...]) -> FlatPlan:
+        """``check`` + ``apply_actions`` for extras whose values are all scalars, memoised.
+
+        With no mapping among the values only single-segment fields can match, so
+        the outcome depends on the key set alone: the violations, the keys to redact
+        and whether the event is blocked are computed once per key tuple.
+        """
+        plan = self._plans.get(keys)
+        if plan is None:
+            violations = self.check(dict.fromkeys(keys))
+            redact = frozenset(
+                key
+                for key in keys
+                for v in violations
+                if v.action == ACTION_REDACT and v.path == (key.lower(),)
+            )
+            blocked = any(v.action == ACTION_BLOCK for v in violations)
+            plan = FlatPlan(violations, redact, blocked)
+            if len(self._plans) < _MAX_PLANS:
+                self._plans[keys] = plan
+        return plan
+
+
+class FlatPlan(NamedTuple):
+    """What governance does to a record with scalar extras of a given key set."""
+
+    violations: Tuple[Violation, ...]
+    redact: FrozenSet[str]
+    blocked: bool
+
+
+_MAX_PLANS = 1024
 
 
 def _walk(

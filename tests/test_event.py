@@ -679,3 +679,42 @@ def test_any_extras_round_trip_through_msgpack_and_json(
     text.encode("utf-8")
     assert json.loads(text) == event
     assert json.dumps(event, allow_nan=False)
+
+
+def test_a_redacted_extra_whose_name_clashes_with_payload_keys_stays_redacted(tmp_path) -> None:
+    """The renamed ``extra_logger`` must carry the redacted value, on the memoised flat path too."""
+    import json as _json
+
+    from cerbistream_spool.event import build_event as _build
+    from cerbistream_spool.governance import load_governance as _load
+
+    path = tmp_path / "g.json"
+    path.write_text(
+        _json.dumps(
+            {
+                "profiles": {
+                    "default": {
+                        "rules": [
+                            {
+                                "ruleId": "R1",
+                                "code": "C",
+                                "fields": ["logger", "Email"],
+                                "severity": "High",
+                                "action": "Redact",
+                            }
+                        ]
+                    }
+                }
+            }
+        )
+    )
+    gov = _load(str(path), "default")
+    for _ in range(2):  # second pass hits the memoised plan
+        record = logging.LogRecord("app", 20, "m.py", 1, "msg", (), None, "f")
+        record.logger = "secret-logger"
+        record.EMAIL = "secret-mail"
+        event = _build(record, tenant_id="t", app_name="a", governance=gov)
+        payload = event["RawPayload"]
+        assert payload["extra_logger"] == "***REDACTED***"
+        assert payload["EMAIL"] == "***REDACTED***"
+        assert "secret" not in _json.dumps(event)
