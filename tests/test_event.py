@@ -683,14 +683,9 @@ def test_any_extras_round_trip_through_msgpack_and_json(
 
 def test_a_redacted_extra_whose_name_clashes_with_payload_keys_stays_redacted(tmp_path) -> None:
     """The renamed ``extra_logger`` must carry the redacted value, on the memoised flat path too."""
-    import json as _json
-
-    from cerbistream_spool.event import build_event as _build
-    from cerbistream_spool.governance import load_governance as _load
-
     path = tmp_path / "g.json"
     path.write_text(
-        _json.dumps(
+        json.dumps(
             {
                 "profiles": {
                     "default": {
@@ -708,13 +703,13 @@ def test_a_redacted_extra_whose_name_clashes_with_payload_keys_stays_redacted(tm
             }
         )
     )
-    gov = _load(str(path), "default")
+    gov = load_governance(str(path), "default")
     for _ in range(2):  # second pass hits the memoised plan
         record = logging.LogRecord("app", 20, "m.py", 1, "msg", (), None, "f")
         record.logger = "secret-logger"
         record.EMAIL = "secret-mail"
-        event = _build(record, tenant_id="t", app_name="a", governance=gov)
+        event = build_event(record, tenant_id="t", app_name="a", governance=gov)
         payload = event["RawPayload"]
         assert payload["extra_logger"] == "***REDACTED***"
         assert payload["EMAIL"] == "***REDACTED***"
-        assert "secret" not in _json.dumps(event)
+        assert "secret" not in json.dumps(event)
