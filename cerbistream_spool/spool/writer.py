@@ -38,7 +38,8 @@ from cerbistream_spool.spool.segments import (
 
 __all__ = ["SpoolWriter"]
 
-_REFRESH_MIN_S = 0.05  # at most one directory walk per 50 ms while over the size cap
+_REFRESH_MIN_S = 0.05
+_MAX_COMMIT_DELAY_S = 0.001  # at most one directory walk per 50 ms while over the size cap
 
 
 class SpoolWriter:
@@ -60,6 +61,8 @@ class SpoolWriter:
         self._lock = threading.Lock()
         self._sync_cond = threading.Condition(threading.Lock())
         self._syncing = False
+        self._last_group = 0  # records covered by the last fsync
+        self._last_fsync_s = 0.0
         self._space = threading.Event()
         self._closed = False
         self._fd: Optional[int] = None
@@ -382,7 +385,12 @@ class SpoolWriter:
     # -- durability -----------------------------------------------------------------
 
     def _sync(self, target: Optional[int] = None) -> None:
-        """Group commit: one thread fsyncs for everyone waiting up to ``target``."""
+        """Group commit: one thread fsyncs for everyone waiting up to ``target``.
+
+        When the last fsync covered several records (other threads are appending),
+        the leader first gives them a moment (half the last fsync's duration, at
+        most 1 ms) to write theirs, so one fsync serves the whole group.
+        """
         with self._sync_cond:
             while True:
                 goal = self._accepted if target is None else target
@@ -392,16 +400,23 @@ class SpoolWriter:
                     self._syncing = True
                     break
                 self._sync_cond.wait()
-            upto, fd = self._accepted, self._fd
+        if target is not None and self._last_group > 1:
+            time.sleep(min(self._last_fsync_s / 2, _MAX_COMMIT_DELAY_S))
+        with self._sync_cond:
+            upto, fd, before = self._accepted, self._fd, self._durable
         synced = False
+        started = time.monotonic()
         try:
-            os.fsync(fd)
+            if fd is not None:
+                os.fsync(fd)
             synced = True
         finally:
             with self._sync_cond:
                 self._syncing = False
                 if synced:
                     self._durable = max(self._durable, upto)
+                    self._last_group = upto - before
+                    self._last_fsync_s = time.monotonic() - started
                 self._sync_cond.notify_all()
 
     def _flush_loop(self) -> None:
