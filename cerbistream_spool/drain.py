@@ -51,6 +51,7 @@ __all__ = ["DEADLETTER_DIR", "DrainStats", "Drainer"]
 
 DEADLETTER_DIR = "deadletter"
 _RETRYABLE = (TransportError, OSError)
+_WIRE_OVERHEAD = 200  # AMQP framing + MessageId + application properties, per message
 
 
 @dataclass
@@ -74,8 +75,8 @@ class Drainer:
         transport: Transport,
         *,
         writer: Optional[SpoolWriter] = None,
-        batch_max_records: int = 1000,
-        batch_max_bytes: int = 900 * 1024,
+        batch_max_records: int = 4500,
+        batch_max_bytes: int = 1024 * 1024,
         idle_poll_s: float = 1.0,
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 30.0,
@@ -85,6 +86,7 @@ class Drainer:
         self.reader = SpoolReader(self.spool_dir)
         self.batch_max_records = batch_max_records
         self.batch_max_bytes = batch_max_bytes
+        self._wire_ratio = 1.5  # wire bytes per spooled byte, learnt from each batch
         self.idle_poll_s = idle_poll_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -136,6 +138,9 @@ class Drainer:
                 messages.append(message_for_record(batch.lane, record))
             except Exception as exc:  # noqa: BLE001 — an undecodable body can never be sent
                 self._dead_letter(batch.lane, record.seq, None, f"undecodable event: {exc}")
+        if messages and batch.nbytes:
+            wire = sum(len(m.body) + _WIRE_OVERHEAD for m in messages)
+            self._wire_ratio = max(1.0, wire / batch.nbytes)
         rejected = self.transport.send(messages).rejected if messages else []
         for message, reason in rejected:
             self._dead_letter(message.lane, message.seq, message, reason)
@@ -150,8 +155,9 @@ class Drainer:
         return len(messages) - len(rejected)
 
     def _batch_bytes(self) -> int:
-        broker = self.transport.max_batch_bytes
-        return min(self.batch_max_bytes, broker) if broker else self.batch_max_bytes
+        """Spool bytes per reader batch so that it fills one broker batch (not 1.3 of one)."""
+        limit = self.transport.max_batch_bytes or self.batch_max_bytes
+        return max(1, int(0.95 * min(limit, self.batch_max_bytes) / self._wire_ratio))
 
     def _dead_letter(
         self, lane: int, seq: int, message: Optional[OutgoingMessage], reason: str
@@ -206,6 +212,7 @@ class Drainer:
         exc = state.outcome.exception() if state.outcome else None
         self._stats.failures += 1
         self._stats.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown failure"
+        self._publish()  # a long outage must show in `cerbispool status` while it lasts
 
     def _round(self, deadline: Optional[float] = None) -> None:
         try:

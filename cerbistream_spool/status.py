@@ -1,6 +1,7 @@
 """status(spool_dir) → what ``cerbispool status`` prints: lanes, segments, pending, errors.
 
-Cheap: reads each lane's cursor, sizes and the tail of its newest segment only.
+Reads each lane's cursor and sizes, and the records above the cursor (to count
+pending events exactly; markers and gap records are not events).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Dict, Optional
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
 from cerbistream_spool.spool.fsio import FILE_MODE
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir, lane_is_live, list_lanes
-from cerbistream_spool.spool.reader import oldest_pending_ns
+from cerbistream_spool.spool.reader import pending_events
 from cerbistream_spool.spool.recovery import scan_tail
 from cerbistream_spool.spool.segments import list_segments
 
@@ -36,7 +37,7 @@ def status(spool_dir: str) -> Dict[str, Any]:
             with open(segments[-1][1], "rb") as fh:
                 tail = scan_tail(fh.read())
             last_seq = tail.last.seq if tail.last else segments[-1][0] - 1
-        oldest = oldest_pending_ns(spool_dir, lane)
+        pending, oldest = pending_events(spool_dir, lane)
         lanes.append(
             {
                 "lane": lane,
@@ -45,7 +46,7 @@ def status(spool_dir: str) -> Dict[str, Any]:
                 "bytes": sum(_size(p) for _, p in segments),
                 "acked_seq": acked,
                 "last_seq": last_seq,
-                "pending_records": max(0, (last_seq or 0) - acked),
+                "pending_records": pending,
                 "oldest_pending_age_s": None if oldest is None else max(0.0, (now - oldest) / 1e9),
                 "cursor_problem": cursor if isinstance(cursor, str) else None,
             }

@@ -32,7 +32,7 @@ from cerbistream_spool.spool.record import (
 )
 from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_segments
 
-__all__ = ["Batch", "SpoolReader", "oldest_pending_ns"]
+__all__ = ["Batch", "SpoolReader", "oldest_pending_ns", "pending_events"]
 
 _MAX_PROBLEMS = 1000
 _REMOVING = ".removing-"
@@ -288,6 +288,18 @@ def _sweep_removed_lanes(spool_dir: str) -> None:
     for name in names:
         if name.startswith(_REMOVING):
             shutil.rmtree(os.path.join(lanes_dir, name), ignore_errors=True)
+
+
+def pending_events(spool_dir: str, lane: int) -> Tuple[int, Optional[int]]:
+    """(event records above the lane's cursor, append time of the oldest one); reads them all."""
+    reader = SpoolReader(spool_dir, remove_idle_lanes=False, lanes={lane})
+    count, oldest = 0, None
+    for batch in reader.batches(10_000, 1 << 24):
+        for record in batch.events():
+            count += 1
+            if oldest is None:
+                oldest = record.ts_ns
+    return count, oldest
 
 
 def oldest_pending_ns(spool_dir: str, lane: int) -> Optional[int]:

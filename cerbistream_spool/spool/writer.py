@@ -99,6 +99,7 @@ class SpoolWriter:
         self._accepted = self._durable = self._next_seq - 1
         self._seg_records = self._seg_size = self._seg_base = self._seg_created_ns = 0
         self._seg_path = ""
+        self._markers: List[int] = []  # seqs of the marker/gap records written by this writer
         if state.active is not None:
             base, path, header, size = state.active
             if size > HEADER_SIZE or base == self._next_seq:
@@ -179,11 +180,20 @@ class SpoolWriter:
                 "accepted": self._accepted,
                 "durable": self._durable,
                 "delivered": delivered,
-                "pending_records": max(0, self._accepted - delivered),
+                "pending_records": self._pending_events(delivered),
                 "pending_bytes": self._lane_bytes(),
                 "dropped": self._dropped,
                 "last_error": self._last_error,
             }
+
+    def _pending_events(self, delivered: int) -> int:
+        """Records above ``delivered`` minus this writer's markers among them (caller locks).
+
+        Markers written by earlier sessions of the lane (two per restart) are not
+        known without a scan and still count; ``cerbispool status`` counts exactly.
+        """
+        self._markers = [seq for seq in self._markers if seq > delivered]
+        return max(0, self._accepted - delivered - len(self._markers))
 
     @property
     def closed(self) -> bool:
@@ -234,6 +244,8 @@ class SpoolWriter:
         self._seg_size += len(frame)
         self._seg_records += 1
         self._accepted = seq
+        if kind != Kind.EVENT:
+            self._markers.append(seq)  # not events: stats() leaves them out of pending_records
         return seq
 
     def _cut_back(self) -> None:
