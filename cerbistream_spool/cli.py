@@ -179,14 +179,16 @@ def status_cmd(spool_dir: str, as_json: bool) -> None:
         return
     age = doc["oldest_pending_age_s"]
     click.echo(
-        f"{doc['spool_dir']}: {doc['pending_records']} pending records, {doc['pending_bytes']}"
-        f" bytes in {doc['segments']} segments; oldest pending"
+        f"{doc['spool_dir']}: {doc['pending_records']} pending records"
+        f" ({doc['pending_bytes']} bytes); {doc['spool_bytes']} bytes in {doc['segments']}"
+        " segments; oldest pending"
         f" {'-' if age is None else f'{age:.1f}s'}; last error {doc['last_error']}"
     )
     for ln in doc["lanes"]:
         click.echo(
             f"  lane {ln['lane']:04d} {'live' if ln['live'] else 'idle'}: {ln['segments']}"
-            f" segments, {ln['bytes']} bytes, acked {ln['acked_seq']}, last {ln['last_seq']}"
+            f" segments, {ln['bytes']} bytes, {ln['pending_records']} pending,"
+            f" acked {ln['acked_seq']}, last {ln['last_seq']}"
         )
     for name in doc["quarantined"]:
         click.echo(f"  quarantined: {name}")

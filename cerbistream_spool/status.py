@@ -37,13 +37,14 @@ def status(spool_dir: str) -> Dict[str, Any]:
             with open(segments[-1][1], "rb") as fh:
                 tail = scan_tail(fh.read())
             last_seq = tail.last.seq if tail.last else segments[-1][0] - 1
-        pending, oldest = pending_events(spool_dir, lane)
+        pending, pending_bytes, oldest = pending_events(spool_dir, lane)
         lanes.append(
             {
                 "lane": lane,
                 "live": lane_is_live(spool_dir, lane),
                 "segments": len(segments),
                 "bytes": sum(_size(p) for _, p in segments),
+            "pending_bytes": pending_bytes,
                 "acked_seq": acked,
                 "last_seq": last_seq,
                 "pending_records": pending,
@@ -59,7 +60,8 @@ def status(spool_dir: str) -> Dict[str, Any]:
         "lanes": lanes,
         "segments": sum(ln["segments"] for ln in lanes),
         "pending_records": sum(ln["pending_records"] for ln in lanes),
-        "pending_bytes": sum(ln["bytes"] for ln in lanes),
+        "pending_bytes": sum(ln["pending_bytes"] for ln in lanes),
+        "spool_bytes": sum(ln["bytes"] for ln in lanes),
         "oldest_pending_age_s": max(ages) if ages else None,
         "quarantined": sorted(os.listdir(qdir)) if os.path.isdir(qdir) else [],
         "last_error": drain.get("last_error"),

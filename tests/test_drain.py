@@ -733,7 +733,9 @@ def test_cli_status_json_reports_pending_records_bytes_age_and_lanes(
     assert lane["acked_seq"] == 0
     assert lane["pending_records"] == doc["pending_records"]
     assert lane["segments"] >= 1
-    assert lane["bytes"] == doc["pending_bytes"]
+    assert lane["pending_bytes"] == doc["pending_bytes"]
+    # nothing acknowledged yet: every byte but the segment headers is pending
+    assert lane["bytes"] == doc["spool_bytes"] == doc["pending_bytes"] + 68 * lane["segments"]
 
     peer = peers()
     drainer = Drainer(
@@ -745,6 +747,7 @@ def test_cli_status_json_reports_pending_records_bytes_age_and_lanes(
         drainer.close()
     doc = json.loads(cli("status", spool_dir, "--json").stdout)
     assert doc["pending_records"] == 0
+    assert doc["pending_bytes"] == 0
     assert doc["oldest_pending_age_s"] is None
     assert doc["last_error"] is None
     assert doc["last_delivery_unix"] is not None

@@ -23,6 +23,7 @@ from cerbistream_spool.spool.cursor import Cursor, read_cursor, write_cursor
 from cerbistream_spool.spool.fsio import fsync_dir
 from cerbistream_spool.spool.lanes import LANES_DIR, lane_dir, list_lanes, owner_lock
 from cerbistream_spool.spool.record import (
+    FRAME_OVERHEAD,
     FrameStatus,
     Kind,
     Record,
@@ -290,16 +291,18 @@ def _sweep_removed_lanes(spool_dir: str) -> None:
             shutil.rmtree(os.path.join(lanes_dir, name), ignore_errors=True)
 
 
-def pending_events(spool_dir: str, lane: int) -> Tuple[int, Optional[int]]:
-    """(event records above the lane's cursor, append time of the oldest one); reads them all."""
+def pending_events(spool_dir: str, lane: int) -> Tuple[int, int, Optional[int]]:
+    """Above the lane's cursor: (event records, frame bytes of all records, oldest event's
+    append time ns). Reads them all."""
     reader = SpoolReader(spool_dir, remove_idle_lanes=False, lanes={lane})
-    count, oldest = 0, None
+    count, nbytes, oldest = 0, 0, None
     for batch in reader.batches(10_000, 1 << 24):
+        nbytes += batch.nbytes + FRAME_OVERHEAD * len(batch.records)
         for record in batch.events():
             count += 1
             if oldest is None:
                 oldest = record.ts_ns
-    return count, oldest
+    return count, nbytes, oldest
 
 
 def oldest_pending_ns(spool_dir: str, lane: int) -> Optional[int]:

@@ -175,13 +175,15 @@ class SpoolWriter:
         cursor = load_cursor(self._dir, self.lane)
         delivered = cursor.acked_seq if cursor else 0
         with self._lock:
+            pending = self._pending_events(delivered)
             return {
                 "lane": self.lane,
                 "accepted": self._accepted,
                 "durable": self._durable,
                 "delivered": delivered,
-                "pending_records": self._pending_events(delivered),
-                "pending_bytes": self._lane_bytes(),
+                "pending_records": pending,
+                # an upper bound: the lane's bytes on disk, delivered records not yet unlinked
+                "pending_bytes": self._lane_bytes() if pending else 0,
                 "dropped": self._dropped,
                 "last_error": self._last_error,
             }
