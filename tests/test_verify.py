@@ -309,3 +309,12 @@ def test_a_damaged_length_field_mid_segment_is_a_checksum_problem_not_a_torn_tai
     found = kinds_at(spool)
     assert found[0] == ("checksum", os.path.basename(path), start), found
     assert {k for k, _, _ in found} == {"checksum"}
+
+
+def test_turning_signing_on_starts_a_new_segment_and_both_verify(spool_dir: str) -> None:
+    build(spool_dir, 5)
+    build(spool_dir, 5, SpoolConfig(fsync="never", signing_key=b"k"))
+    assert len(segments(spool_dir)) == 2
+    report = verify(spool_dir, key=b"k")
+    assert report.valid, report.problems
+    assert report.signatures == "checked"
