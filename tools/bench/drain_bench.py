@@ -45,16 +45,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import datetime
 import io
 import json
 import logging
 import os
-import platform
 import pstats
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +71,7 @@ from cerbistream_spool.spool.reader import SpoolReader  # noqa: E402
 from cerbistream_spool.transports.base import OutgoingMessage, message_for_record  # noqa: E402
 from cerbistream_spool.transports.servicebus import ServiceBusTransport  # noqa: E402
 from tools.amqp_peer import LocalPeer  # noqa: E402
+from tools.bench.common import log, machine, median  # noqa: E402
 
 GOVERNANCE = os.path.join(REPO, "cerbi_governance.json")
 QUEUE = "cerbishield.log-scoring"
@@ -105,14 +102,6 @@ class Wire:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def median(values: List[float]) -> float:
-    return statistics.median(values)
 
 
 def spread(values: List[float]) -> float:
@@ -503,47 +492,23 @@ def micro_build(msgs_spool: str) -> Dict[str, float]:
 # -- main ------------------------------------------------------------------------------------
 
 
-def code_version() -> str:
-    """Short commit of the repository, ``+dirty`` when the package has local edits."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", REPO, "status", "--porcelain", "--", "cerbistream_spool"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def machine() -> Dict[str, Any]:
+def _sb_version() -> str:
     import azure.servicebus  # noqa: PLC0415
-    import msgpack  # noqa: PLC0415
+
+    return str(azure.servicebus.__version__)
+
+
+def _proton_version() -> str:
     import proton  # noqa: PLC0415
 
-    return {
-        "code": code_version(),
-        "loadavg_at_start": list(os.getloadavg()),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "nproc": os.cpu_count(),
-        "azure_servicebus": azure.servicebus.__version__,
-        "msgpack": ".".join(map(str, msgpack.version)),
-        "proton": getattr(proton, "VERSION", None) and ".".join(map(str, proton.VERSION)),
-    }
+    return ".".join(map(str, proton.VERSION))
 
 
 def run(plan: Plan, root: str, profile: bool) -> Dict[str, Any]:
-    result: Dict[str, Any] = {"machine": machine(), "plan": plan.__dict__}
+    result: Dict[str, Any] = {
+        "machine": machine(azure_servicebus=_sb_version(), proton=_proton_version()),
+        "plan": plan.__dict__,
+    }
     started = time.perf_counter()
     template = os.path.join(root, "template")
     t0 = time.perf_counter()

@@ -40,10 +40,8 @@ import datetime
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,6 +56,11 @@ from cerbistream_spool.event import build_event
 from cerbistream_spool.governance import REDACTED, load_governance
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:  # tools/ is not installed: run as a script from anywhere
+    sys.path.insert(0, REPO)
+
+from tools.bench.common import log, machine  # noqa: E402
+
 GOVERNANCE = os.path.join(REPO, "cerbi_governance.json")
 WARMUP = 50  # untimed records per thread before the barrier (thread-local packers, caches)
 
@@ -140,10 +143,6 @@ class FsyncFileHandler(logging.FileHandler):
 
 
 # -- running one side ------------------------------------------------------------------------
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def percentile(sorted_ns: List[int], q: float) -> float:
@@ -319,39 +318,6 @@ def check_workload() -> Dict[str, Any]:
     return {"event_body_bytes": len(body), "json_line_bytes": len(line) + 1}
 
 
-def code_version() -> str:
-    """Short commit of the repository, ``+dirty`` when the package has local edits."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", REPO, "status", "--porcelain", "--", "cerbistream_spool"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def machine() -> Dict[str, Any]:
-    return {
-        "code": code_version(),
-        "loadavg_at_start": list(os.getloadavg()),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "nproc": os.cpu_count(),
-        "msgpack": getattr(msgpack, "version", None),
-    }
-
-
 def run(plan: Plan, root: str, rows: List[Row]) -> Dict[str, Any]:
     result: Dict[str, Any] = {"machine": machine(), "plan": plan.__dict__, **check_workload()}
     started = time.perf_counter()
@@ -369,7 +335,7 @@ def markdown(res: Dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
         f"Code {m['code']}. Machine: {m['nproc']} CPUs, {m['implementation']} {m['python']},"
-        f" {m['platform']}, msgpack {'.'.join(map(str, m['msgpack'] or ()))}; {m['date']};"
+        f" {m['platform']}, msgpack {m['msgpack']}; {m['date']};"
         f" event body {res['event_body_bytes']} bytes msgpack, JSON line"
         f" {res['json_line_bytes']} bytes; {res['plan']['reps']} reps per side;"
         f" total {res['elapsed_s']:.0f} s; 1-min load average"

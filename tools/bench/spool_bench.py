@@ -32,10 +32,8 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +48,12 @@ import msgpack
 
 from cerbistream_spool import SpoolConfig, SpoolWriter, verify
 from cerbistream_spool.spool.record import encode_body
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:  # tools/ is not installed: run as a script from anywhere
+    sys.path.insert(0, REPO)
+
+from tools.bench.common import log, machine, median  # noqa: E402
 
 MB = 1_000_000
 BIG_CAP = 8 * 1024**3  # max_spool_bytes for every benchmark spool: never drop records
@@ -131,14 +135,6 @@ def pack(event: Any) -> bytes:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def median(values: List[float]) -> float:
-    return statistics.median(values)
 
 
 def spool_bytes(spool_dir: str) -> Tuple[int, List[str]]:
@@ -450,40 +446,6 @@ def check_space(root: str, plan: Plan) -> None:
         )
 
 
-def code_version() -> str:
-    """Short commit of the repository, ``+dirty`` when the package has local edits."""
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        head = subprocess.run(
-            ["git", "-C", repo, "rev-parse", "--short", "HEAD"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", repo, "status", "--porcelain", "--", "cerbistream_spool"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def machine() -> Dict[str, Any]:
-    return {
-        "code": code_version(),
-        "loadavg_at_start": list(os.getloadavg()),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "nproc": os.cpu_count(),
-        "msgpack": getattr(msgpack, "version", None),
-    }
-
-
 def run(plan: Plan, root: str) -> Dict[str, Any]:
     events = make_events(POOL_SIZE)
     sizes = [len(pack(e)) for e in events]
@@ -532,7 +494,7 @@ def markdown(res: Dict[str, Any]) -> str:
     lines.append(
         f"Code {m['code']}. Machine: {m['nproc']} CPUs, {m['implementation']} {m['python']},"
         f" {m['platform']},"
-        f" msgpack {'.'.join(map(str, m['msgpack'] or ()))}; {m['date']};"
+        f" msgpack {m['msgpack']}; {m['date']};"
         f" event {res['event_bytes_mean']:.0f} bytes msgpack; total {res['elapsed_s']:.0f} s;"
         f" 1-min load average {m['loadavg_at_start'][0]:.2f} at start,"
         f" {m['loadavg_at_end'][0]:.2f} at end."

@@ -1,0 +1,60 @@
+"""What every benchmark here shares: stderr progress, medians, and the machine line."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from typing import Any, Dict, List
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def log(msg: str) -> None:
+    """Progress on stderr (stdout carries the report)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def median(values: List[float]) -> float:
+    """The median."""
+    return statistics.median(values)
+
+
+def code_version() -> str:
+    """Short commit of the repository, ``+dirty`` when the package has local edits."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", REPO, "status", "--porcelain", "--", "cerbistream_spool"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def machine(**extra: Any) -> Dict[str, Any]:
+    """Code version, date, load, interpreter and platform, plus ``extra`` versions."""
+    import msgpack  # noqa: PLC0415
+
+    return {
+        "code": code_version(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "nproc": os.cpu_count(),
+        "msgpack": ".".join(map(str, msgpack.version)),
+        **extra,
+    }
