@@ -44,7 +44,7 @@ def status(spool_dir: str) -> Dict[str, Any]:
                 "live": lane_is_live(spool_dir, lane),
                 "segments": len(segments),
                 "bytes": sum(_size(p) for _, p in segments),
-            "pending_bytes": pending_bytes,
+                "pending_bytes": pending_bytes,
                 "acked_seq": acked,
                 "last_seq": last_seq,
                 "pending_records": pending,
