@@ -9,23 +9,20 @@
     │   ├── SpoolClosedError         append/flush after close()
     │   ├── SpoolFullError           record dropped: max_spool_bytes reached (drop_newest / block)
     │   ├── RecordTooLargeError      one record larger than the format allows
-    │   ├── LaneUnavailableError     every lane of the spool directory is held by a live process
-    │   └── CorruptRecordError       a record could not be decoded (carries segment, offset, seq)
+    │   └── LaneUnavailableError     every lane of the spool directory is held by a live process
     └── TransportError               shipping to the queue failed
         ├── TransientTransportError  worth retrying (network, throttling, timeouts)
         └── PermanentTransportError  retrying cannot help (auth, missing entity, too large)
 
-Inner storage loops return statuses; only public entry points raise. CLI exit
+Inner storage loops return statuses (a corrupt record is a problem in a report, not
+an exception); only public entry points raise. CLI exit
 codes live on the classes as ``exit_code`` (click style).
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 __all__ = [
     "CerbiSpoolError",
-    "CorruptRecordError",
     "GovernanceConfigError",
     "LaneUnavailableError",
     "PermanentTransportError",
@@ -81,19 +78,6 @@ class RecordTooLargeError(SpoolError):
 
 class LaneUnavailableError(SpoolError):
     """Every lane of the spool directory is owned by a live process."""
-
-
-class CorruptRecordError(SpoolError):
-    """A record failed its checks; carries where it was found."""
-
-    def __init__(
-        self, detail: str, *, segment: str = "", offset: int = -1, seq: Optional[int] = None
-    ) -> None:
-        self.detail = detail
-        self.segment = segment
-        self.offset = offset
-        self.seq = seq
-        super().__init__(f"{segment}@{offset} (seq {seq}): {detail}")
 
 
 class TransportError(CerbiSpoolError):

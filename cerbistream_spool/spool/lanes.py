@@ -110,11 +110,6 @@ def drain_lock(spool_dir: str) -> FileLock:
     return _lock(os.path.join(spool_dir, LOCKS_DIR, "drain.lock"))
 
 
-def quarantine_dir(spool_dir: str) -> str:
-    """Where bad segments go."""
-    return os.path.join(spool_dir, QUARANTINE_DIR)
-
-
 def owner_lock(spool_dir: str, lane: int) -> Optional[FileLock]:
     """The lane's lock if it could be taken now (caller releases), else None."""
     lock = lane_lock(spool_dir, lane)

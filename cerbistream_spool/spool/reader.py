@@ -138,18 +138,6 @@ class SpoolReader:
         if removed:
             fsync_dir(ldir)
 
-    def pending(self) -> Dict[int, Dict[str, int]]:
-        """Per lane: acked seq and bytes on disk (for ``status``)."""
-        out: Dict[int, Dict[str, int]] = {}
-        for lane in list_lanes(self.spool_dir):
-            ldir = lane_dir(self.spool_dir, lane)
-            cursor = read_cursor(ldir, lane)
-            out[lane] = {
-                "acked_seq": cursor.acked_seq if isinstance(cursor, Cursor) else 0,
-                "bytes": sum(_size(p) for _, p in list_segments(ldir)),
-            }
-        return out
-
     # -- reading ----------------------------------------------------------------------
 
     def _position(self, lane: int) -> _Position:

@@ -25,7 +25,7 @@ import struct
 import threading
 import zlib
 from enum import IntEnum
-from typing import Any, Iterator, NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import msgpack
 
@@ -232,13 +232,3 @@ def decode_payload(payload: bytes) -> Union[Record, str]:
 
 
 _KINDS = frozenset(int(k) for k in Kind)
-
-
-def iter_frames(buf: Buffer, offset: int) -> Iterator[Frame]:
-    """Frames from ``offset`` until END, TORN or CORRUPT (the last one is yielded too)."""
-    while True:
-        frame = read_frame(buf, offset)
-        yield frame
-        if frame.status is not FrameStatus.OK:
-            return
-        offset = frame.end
