@@ -170,41 +170,10 @@ def writer_main(argv: Sequence[str]) -> int:
 
 
 class Proc(spool_soak.Child):
-    """soak_spool's :class:`Child` (output parsing, kill-once, bounded reap) for any command.
-
-    ``Child.__init__`` builds a soak_spool command line; this sets up the same
-    state for ``cmd`` and inherits everything else.
-    """
+    """soak_spool's :class:`Child` (output parsing, kill-once, bounded reap) for any command."""
 
     def __init__(self, cmd: List[str], *, tag: str, env: Dict[str, str]) -> None:
-        self.tag, self.plan = tag, spool_soak.KillPlan()
-        self.lines: List[str] = []
-        self.reported: Dict[str, Tuple[int, int]] = {}
-        self.lane: Optional[int] = None
-        self.done: Optional[Tuple[int, int, int, int]] = None
-        self.steps: Optional[int] = None
-        self.acked: Dict[int, int] = {}
-        self.in_flight: Dict[int, int] = {}
-        self.killed = False
-        self.returncode: Optional[int] = None
-        self.stderr = ""
-        self._lock = threading.Lock()
-        self._cond = threading.Condition()
-        self._err: List[bytes] = []
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=str(ROOT),
-        )
-        self.pid = self.proc.pid
-        self._timer: Optional[threading.Timer] = None
-        self._out_thread = threading.Thread(target=self._read_stdout, daemon=True)
-        self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
-        self._out_thread.start()
-        self._err_thread.start()
+        super().__init__("", cmd=cmd, tag=tag, env=env)
 
     def terminate(self) -> None:
         """SIGTERM (Popen never signals a reaped child, so a reused pid is never hit)."""

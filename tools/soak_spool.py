@@ -68,6 +68,7 @@ from cerbistream_spool.spool.lanes import list_lanes
 from cerbistream_spool.spool.record import Record
 
 SCRIPT = os.path.abspath(__file__)
+ROOT = os.path.dirname(os.path.dirname(SCRIPT))
 SEGMENT_BYTES = 16 * 1024
 MODES = ("always", "interval", "never")
 # names of the C calls that change files or locks: a crash point sits before one of them
@@ -256,7 +257,13 @@ class Child:
         die_at: int = 1,
         stop_instead: bool = False,
         max_records: int = 500,
+        cmd: Optional[List[str]] = None,
+        env: Optional[Dict[str, str]] = None,
     ) -> None:
+        """``cmd`` (with ``env``) runs any command instead of this script's own."""
+        if cmd is not None:
+            self._spawn(cmd, tag, plan, hold, env)
+            return
         cmd = [sys.executable, SCRIPT, command, "--spool-dir", str(spool_dir)]
         if command == "drain":
             cmd += ["--max-records", str(max_records)]
@@ -266,6 +273,11 @@ class Child:
             cmd += ["--quiet"] * quiet + ["--hold"] * hold
         if die_in:
             cmd += ["--die-in", die_in, "--die-at", str(die_at)] + ["--stop-instead"] * stop_instead
+        self._spawn(cmd, tag, plan, hold, env)
+
+    def _spawn(
+        self, cmd: List[str], tag: str, plan: KillPlan, hold: bool, env: Optional[Dict[str, str]]
+    ) -> None:
         self.tag, self.plan = tag, plan
         self.lines: List[str] = []
         self.reported: Dict[str, Where] = {}  # event id -> (lane, seq), as the child printed
@@ -285,6 +297,8 @@ class Child:
             stdin=subprocess.PIPE if hold else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=env,
+            cwd=str(ROOT),
         )
         self.pid = self.proc.pid
         self._timer: Optional[threading.Timer] = None
