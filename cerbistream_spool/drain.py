@@ -293,6 +293,8 @@ class Drainer:
             self._round()
             self._wake.wait(self.idle_poll_s)
             self._wake.clear()
+        if threading.current_thread() is not threading.main_thread():
+            self.close()  # idempotent; covers a stop() that gave up waiting for us
 
     def wake(self) -> None:
         """New records were written: ship soon (cheap when already signalled: emit calls it)."""
@@ -308,9 +310,13 @@ class Drainer:
         """Stop within ``timeout``: interrupts backoff, closes the transport, releases locks."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                # stuck in a send (bounded by the send timeout): the thread closes
+                # everything itself when that returns; stop() stays bounded
+                return
         self.close()
 
     def close(self) -> None:
