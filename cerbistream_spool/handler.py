@@ -133,8 +133,12 @@ class SpoolHandler(logging.Handler):
             guard.active = False
 
     def handle(self, record: logging.LogRecord) -> Any:
-        """Filter, then emit without the handler-wide lock: the spool writer is thread-safe,
-        and holding one lock across an fsync would defeat group commit (``always``)."""
+        """With ``fsync="always"``: filter, then emit without the handler-wide lock, so
+        threads share fsyncs (group commit). Otherwise the stdlib way, under the lock:
+        threads queueing there beat threads convoying on the writer's lock across
+        ``os.write`` (+33 % with 4 threads, docs/BENCHMARKS.md)."""
+        if not self.config.fsync == "always":
+            return super().handle(record)
         rv = self.filter(record)
         if rv:
             self.emit(rv if isinstance(rv, logging.LogRecord) else record)
