@@ -221,6 +221,13 @@ def make_handler() -> Iterator[Callable[..., Tuple[SpoolHandler, logging.Logger]
 # 1. offline start
 
 
+def assert_spool_clean(spool_dir: str) -> None:
+    """verify() finds nothing wrong and nothing pending."""
+    report = verify(spool_dir)
+    assert report.valid, report.problems
+    assert report.pending == 0
+
+
 def test_offline_start_then_peer_appears_delivers_everything_once(
     spool_dir: str,
     peers: Callable[..., LocalPeer],
@@ -272,9 +279,7 @@ def test_offline_start_then_peer_appears_delivers_everything_once(
     assert pending_events(spool_dir) == {}
 
     handler.close()
-    report = verify(spool_dir)
-    assert report.valid, report.problems
-    assert report.pending == 0
+    assert_spool_clean(spool_dir)
 
 
 # ---------------------------------------------------------------------------
@@ -323,9 +328,7 @@ def test_peer_restarted_six_times_during_steady_logging_loses_nothing(
     assert handler.stats()["drain"]["failures"] >= 2
     assert wait_until(lambda: handler.stats()["pending_records"] == 0, timeout=5)
     handler.close()
-    report = verify(spool_dir)
-    assert report.valid, report.problems
-    assert report.pending == 0
+    assert_spool_clean(spool_dir)
 
 
 # ---------------------------------------------------------------------------
@@ -381,9 +384,7 @@ def test_connection_closed_mid_batch_and_30pct_busy_lose_nothing_duplicates_iden
     assert drainer.stats()["failures"] >= stats["rejected_deliveries"] + 2
     assert drainer.stats()["dead_lettered"] == 0
     handler.close()
-    report = verify(spool_dir)
-    assert report.valid, report.problems
-    assert report.pending == 0
+    assert_spool_clean(spool_dir)
 
 
 # ---------------------------------------------------------------------------
@@ -458,9 +459,7 @@ def test_kill_9_after_send_before_ack_resends_everything_after_restart(
     assert set(counts.values()) == {2}  # each one re-sent once, same MessageId, same body
     assert drainer.stats()["delivered"] == 40
     assert pending_events(spool_dir) == {}
-    report = verify(spool_dir)
-    assert report.valid, report.problems
-    assert report.pending == 0
+    assert_spool_clean(spool_dir)
 
 
 # ---------------------------------------------------------------------------
@@ -585,9 +584,8 @@ def test_oversize_event_is_dead_lettered_and_the_rest_flows(
     check_delivered(peer.accepted(), {**spooled, **later})
 
     handler.close()
+    assert_spool_clean(spool_dir)
     report = verify(spool_dir)
-    assert report.valid, report.problems
-    assert report.pending == 0
     dead = [g for g in report.gaps if g.get("reason") == "dead-letter"]
     assert len(dead) == 1
     assert dead[0]["first_seq"] == dead[0]["last_seq"] == huge_seq

@@ -23,6 +23,11 @@ def median(values: List[float]) -> float:
     return statistics.median(values)
 
 
+def fmt(x: float) -> str:
+    """A rate with thousands separators."""
+    return f"{x:,.0f}"
+
+
 def code_version() -> str:
     """Short commit of the repository, ``+dirty`` when the package has local edits."""
     try:

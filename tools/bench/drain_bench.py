@@ -71,7 +71,7 @@ from cerbistream_spool.spool.reader import SpoolReader  # noqa: E402
 from cerbistream_spool.transports.base import OutgoingMessage, message_for_record  # noqa: E402
 from cerbistream_spool.transports.servicebus import ServiceBusTransport  # noqa: E402
 from tools.amqp_peer import LocalPeer  # noqa: E402
-from tools.bench.common import log, machine, median  # noqa: E402
+from tools.bench.common import fmt, log, machine, median  # noqa: E402
 
 GOVERNANCE = os.path.join(REPO, "cerbi_governance.json")
 QUEUE = "cerbishield.log-scoring"
@@ -588,10 +588,6 @@ def run(plan: Plan, root: str, profile: bool) -> Dict[str, Any]:
     result["elapsed_s"] = time.perf_counter() - started
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())
     return result
-
-
-def fmt(x: float) -> str:
-    return f"{x:,.0f}"
 
 
 def markdown(res: Dict[str, Any]) -> str:

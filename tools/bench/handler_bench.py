@@ -59,7 +59,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:  # tools/ is not installed: run as a script from anywhere
     sys.path.insert(0, REPO)
 
-from tools.bench.common import log, machine  # noqa: E402
+from tools.bench.common import fmt, log, machine  # noqa: E402
 
 GOVERNANCE = os.path.join(REPO, "cerbi_governance.json")
 WARMUP = 50  # untimed records per thread before the barrier (thread-local packers, caches)
@@ -325,10 +325,6 @@ def run(plan: Plan, root: str, rows: List[Row]) -> Dict[str, Any]:
     result["elapsed_s"] = time.perf_counter() - started
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())
     return result
-
-
-def fmt(x: float) -> str:
-    return f"{x:,.0f}"
 
 
 def markdown(res: Dict[str, Any]) -> str:
