@@ -136,8 +136,8 @@ class SpoolHandler(logging.Handler):
         """With ``fsync="always"``: filter, then emit without the handler-wide lock, so
         threads share fsyncs (group commit). Otherwise the stdlib way, under the lock:
         threads queueing there beat threads convoying on the writer's lock across
-        ``os.write`` (+33 % with 4 threads, docs/BENCHMARKS.md)."""
-        if not self.config.fsync == "always":
+        ``os.write`` (+27 to 33 % with 4 threads, docs/BENCHMARKS.md)."""
+        if self.config.fsync != "always":
             return super().handle(record)
         rv = self.filter(record)
         if rv:
