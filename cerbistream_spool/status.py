@@ -12,7 +12,7 @@ import time
 from typing import Any, Dict, Optional
 
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.fsio import FILE_MODE
+from cerbistream_spool.spool.fsio import FILE_MODE, file_size
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir, lane_is_live, list_lanes
 from cerbistream_spool.spool.reader import pending_events
 from cerbistream_spool.spool.recovery import scan_tail
@@ -43,7 +43,7 @@ def status(spool_dir: str) -> Dict[str, Any]:
                 "lane": lane,
                 "live": lane_is_live(spool_dir, lane),
                 "segments": len(segments),
-                "bytes": sum(_size(p) for _, p in segments),
+                "bytes": sum(file_size(p) for _, p in segments),
                 "pending_bytes": pending_bytes,
                 "acked_seq": acked,
                 "last_seq": last_seq,
@@ -87,10 +87,3 @@ def read_drain_status(spool_dir: str) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except FileNotFoundError:
-        return 0

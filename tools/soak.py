@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -59,31 +58,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import FrameType
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(Path(__file__).resolve())
-SOAK_SPOOL_PATH = ROOT / "tools" / "soak_spool.py"
 QUEUE = "cerbishield.log-scoring"
 CLI = [sys.executable, "-c", "from cerbistream_spool.cli import main; main()"]
 SEGMENT_BYTES = 64 * 1024  # small segments: rotation and acked-segment unlinks happen often
 
 
-def _load_soak_spool() -> ModuleType:
-    """tools/soak_spool.py by path, under the name tests/spool_child.py uses (one instance)."""
-    name = "cerbistream_soak_spool"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SOAK_SPOOL_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+if str(ROOT) not in sys.path:  # run as a script: tools/ is not installed
+    sys.path.insert(0, str(ROOT))
 
+from tools import soak_spool as spool_soak  # noqa: E402 — the one copy of Child and the checks
 
-spool_soak = _load_soak_spool()
 _emit = spool_soak._emit  # one protocol line in one write(2)
 
 
@@ -521,7 +510,6 @@ def soak_main(argv: Sequence[str]) -> int:
     if args.writers < 1 or args.seconds <= 0:
         parser.error("--writers must be >= 1 and --seconds > 0")
 
-    sys.path.insert(0, str(ROOT))
     from tools.amqp_peer import LocalPeer  # noqa: PLC0415 — heavy; writers never need it
 
     logging.getLogger("proton").setLevel(logging.CRITICAL)  # BrokenPipe noise on flaps

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DIR_MODE", "FILE_MODE", "atomic_write", "ensure_dir", "fsync_dir", "write_all"]
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "atomic_write",
+    "ensure_dir",
+    "file_size",
+    "fsync_dir",
+    "write_all",
+]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -56,3 +64,11 @@ def atomic_write(path: str, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def file_size(path: str) -> int:
+    """Size of ``path``; 0 when it is gone (a drainer or writer may unlink it meanwhile)."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from cerbistream_spool.spool.cursor import Cursor, read_cursor, write_cursor
-from cerbistream_spool.spool.fsio import fsync_dir
+from cerbistream_spool.spool.fsio import file_size, fsync_dir
 from cerbistream_spool.spool.lanes import LANES_DIR, lane_dir, list_lanes, owner_lock
 from cerbistream_spool.spool.record import (
     FRAME_OVERHEAD,
@@ -241,7 +241,9 @@ class SpoolReader:
             ldir = lane_dir(self.spool_dir, lane)
             segments = list_segments(ldir)
             # a writer may have appended between our read and taking the lock
-            if segments and (segments[-1][0] != pos.base or _size(segments[-1][1]) != pos.offset):
+            if segments and (
+                segments[-1][0] != pos.base or file_size(segments[-1][1]) != pos.offset
+            ):
                 return
             # one rename makes the removal atomic: a crash leaves either the whole lane or a
             # ".removing-" directory that list_lanes ignores and the next reader sweeps
@@ -308,10 +310,3 @@ def _segment_for(bases: List[int], seq: int) -> int:
         else:
             break
     return best
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except FileNotFoundError:
-        return 0

@@ -24,7 +24,7 @@ from cerbistream_spool.errors import SpoolClosedError, SpoolError, SpoolFullErro
 from cerbistream_spool.spool.chain import Chain
 from cerbistream_spool.spool.config import SpoolConfig
 from cerbistream_spool.spool.cursor import load_cursor
-from cerbistream_spool.spool.fsio import ensure_dir, fsync_dir, write_all
+from cerbistream_spool.spool.fsio import ensure_dir, file_size, fsync_dir, write_all
 from cerbistream_spool.spool.lanes import acquire_lane, lane_dir, list_lanes
 from cerbistream_spool.spool.record import Kind, encode_body, encode_record
 from cerbistream_spool.spool.recovery import recover_lane
@@ -306,10 +306,12 @@ class SpoolWriter:
         self._last_refresh = now
         active = self._seg_path if self._fd is not None else None
         self._sealed = [
-            (base, path, _size(path)) for base, path in list_segments(self._dir) if path != active
+            (base, path, file_size(path))
+            for base, path in list_segments(self._dir)
+            if path != active
         ]
         self._other_bytes = sum(
-            _size(path)
+            file_size(path)
             for lane in list_lanes(self.spool_dir)
             if lane != self.lane
             for _, path in list_segments(lane_dir(self.spool_dir, lane))
@@ -452,10 +454,3 @@ class SpoolWriter:
     def _release(self) -> None:
         if self._lane_lock.is_locked:
             self._lane_lock.release()
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except FileNotFoundError:
-        return 0
