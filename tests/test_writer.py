@@ -80,6 +80,78 @@ def test_always_mode_returns_only_when_durable(spool_dir: str) -> None:
             assert stats["durable"] >= seq and stats["accepted"] >= seq
 
 
+def test_always_mode_threads_share_fsyncs_and_each_return_is_durable(
+    spool_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: with 8 appenders one fsync covers several records, and still no
+    append returns before its own record is fsynced."""
+    calls = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        calls.append(fd)
+        real_fsync(fd)
+
+    not_durable: list = []
+    with SpoolWriter(spool_dir, SpoolConfig(fsync="always")) as writer:
+        monkeypatch.setattr(os, "fsync", counting_fsync)
+
+        def work(t: int) -> None:
+            for i in range(100):
+                seq = writer.append(event(t * 1000 + i))
+                if writer.stats()["durable"] < seq:
+                    not_durable.append(seq)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        fsyncs = len(calls)
+    assert not_durable == []
+    assert 0 < fsyncs < 800 * 0.9, fsyncs
+    assert verify(spool_dir).valid
+
+
+def test_always_mode_failed_fsync_fails_the_records_it_covered_then_recovers(
+    spool_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync error reaches the appender as OSError (never a hang, never a silent
+    success); once the disk is back, the next append is durable again."""
+    real_fsync = os.fsync
+    failing = threading.Event()
+
+    def flaky_fsync(fd: int) -> None:
+        if failing.is_set():
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    with SpoolWriter(spool_dir, SpoolConfig(fsync="always")) as writer:
+        monkeypatch.setattr(os, "fsync", flaky_fsync)
+        failing.set()
+        errors: list = []
+
+        def work() -> None:
+            try:
+                writer.append(event(1))
+            except OSError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads)
+        assert len(errors) == 4 and all("Input/output error" in str(e) for e in errors)
+        assert writer.stats()["durable"] < writer.stats()["accepted"]
+        failing.clear()
+        seq = writer.append(event(2))
+        assert writer.stats()["durable"] >= seq
+    assert verify(spool_dir).valid
+
+
 def test_interval_mode_becomes_durable_within_the_interval(spool_dir: str) -> None:
     with SpoolWriter(spool_dir, SpoolConfig(fsync="interval")) as writer:
         seq = writer.append(event(0))

@@ -16,6 +16,7 @@ Watermarks (sequence numbers of this lane): ``accepted`` (written to the OS),
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -38,8 +39,8 @@ from cerbistream_spool.spool.segments import (
 
 __all__ = ["SpoolWriter"]
 
-_REFRESH_MIN_S = 0.05
-_MAX_COMMIT_DELAY_S = 0.001  # at most one directory walk per 50 ms while over the size cap
+_REFRESH_MIN_S = 0.05  # at most one directory walk per 50 ms while over the size cap
+_COMMITTER_CHECK_S = 1.0  # how often a waiting appender checks that the committer lives
 
 
 class SpoolWriter:
@@ -59,10 +60,11 @@ class SpoolWriter:
         self._max_segment = self.config.segment_max_bytes
         self._max_age_ns = int(self.config.segment_max_age_s * 1e9)
         self._lock = threading.Lock()
-        self._sync_cond = threading.Condition(threading.Lock())
+        sync_lock = threading.Lock()
+        self._sync_cond = threading.Condition(sync_lock)  # durability waiters
+        self._work = threading.Condition(sync_lock)  # the committer waits here
         self._syncing = False
-        self._last_group = 0  # records covered by the last fsync
-        self._last_fsync_s = 0.0
+        self._failed: Tuple[int, str] = (0, "")  # (last seq of a failed fsync, error)
         self._space = threading.Event()
         self._closed = False
         self._fd: Optional[int] = None
@@ -79,9 +81,10 @@ class SpoolWriter:
             raise
         self._stop = threading.Event()
         self._flusher: Optional[threading.Thread] = None
-        if self.config.fsync == "interval":
+        if self.config.fsync != "never":
+            loop = self._commit_loop if self._always else self._flush_loop
             self._flusher = threading.Thread(
-                target=self._flush_loop, name=f"cerbispool-flush-{self.lane}", daemon=True
+                target=loop, name=f"cerbispool-flush-{self.lane}", daemon=True
             )
             self._flusher.start()
 
@@ -146,7 +149,7 @@ class SpoolWriter:
                 raise SpoolClosedError("spool writer is closed")
             seq = self._append_locked(int(kind), body)
         if self._always:
-            self._sync(seq)
+            self._await_durable(seq)
         return seq
 
     def flush(self) -> None:
@@ -280,6 +283,8 @@ class SpoolWriter:
                     os.close(fd)
                     self._sealed.append((self._seg_base, self._seg_path, self._seg_size))
                     self._fixed_bytes += self._seg_size
+                    if self._durable < self._accepted:  # waiters must not wait for this fd
+                        self._failed = (self._accepted, "segment closed before it was fsynced")
                 self._sync_cond.notify_all()
 
     def _new_segment(self) -> None:
@@ -420,12 +425,9 @@ class SpoolWriter:
                     self._syncing = True
                     break
                 self._sync_cond.wait()
-        if target is not None and self._last_group > 1:
-            time.sleep(min(self._last_fsync_s / 2, _MAX_COMMIT_DELAY_S))
         with self._sync_cond:
-            upto, fd, before = self._accepted, self._fd, self._durable
+            upto, fd = self._accepted, self._fd
         synced = False
-        started = time.monotonic()
         try:
             if fd is not None:
                 os.fsync(fd)
@@ -435,8 +437,8 @@ class SpoolWriter:
                 self._syncing = False
                 if synced:
                     self._durable = max(self._durable, upto)
-                    self._last_group = upto - before
-                    self._last_fsync_s = time.monotonic() - started
+                else:
+                    self._failed = (upto, f"fsync failed: {sys.exc_info()[1]}")
                 self._sync_cond.notify_all()
 
     def _flush_loop(self) -> None:
@@ -446,8 +448,55 @@ class SpoolWriter:
             except OSError as exc:
                 self._last_error = f"fsync failed: {exc}"
 
+    def _await_durable(self, seq: int) -> None:
+        """``fsync="always"``: have the committer fsync, return once ``seq`` is on disk.
+
+        Raises ``OSError`` when the fsync that covered ``seq`` failed (or its
+        segment was closed unsynced), :class:`SpoolClosedError` after ``close``.
+        """
+        with self._sync_cond:
+            while self._durable < seq:
+                failed_upto, error = self._failed
+                if failed_upto >= seq:
+                    raise OSError(error)
+                if self._fd is None and self._closed:
+                    raise SpoolClosedError("spool writer closed before the record was synced")
+                if not self._syncing:
+                    self._work.notify()
+                if not self._sync_cond.wait(_COMMITTER_CHECK_S) and not self._committer_alive():
+                    break
+            else:
+                return
+        self._sync(seq)  # the committer is gone (it never should be): sync here instead
+
+    def _committer_alive(self) -> bool:
+        return self._flusher is not None and self._flusher.is_alive()
+
+    def _commit_loop(self) -> None:
+        """``fsync="always"``: one fsync after another while records wait (group commit).
+
+        Appenders write, wake this thread and wait; each fsync covers every record
+        written before it started, so while one runs the next group gathers.
+        """
+        while True:
+            with self._sync_cond:
+                while (
+                    self._durable >= self._accepted
+                    or self._failed[0] >= self._accepted
+                    or self._fd is None
+                ):
+                    if self._stop.is_set():
+                        return
+                    self._work.wait()
+            try:
+                self._sync()
+            except OSError as exc:  # _sync told the waiters; the next record retries
+                self._last_error = f"fsync failed: {exc}"
+
     def _stop_flusher(self) -> None:
         self._stop.set()
+        with self._sync_cond:
+            self._work.notify()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
 
