@@ -134,7 +134,11 @@ def encode_record(
 ) -> Tuple[bytes, bytes]:
     """Frame one record; returns ``(frame bytes, record hash)``."""
     digest = chain.digest_parts(prev_hash, _CANON.pack(seq, kind, ts_ns), body)
-    payload: bytes = _packer().pack([seq, kind, ts_ns, prev_hash, digest, body])
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _packer()
+    payload: bytes = packer.pack([seq, kind, ts_ns, prev_hash, digest, body])
     size = len(payload)
     if size > MAX_PAYLOAD:
         raise RecordTooLargeError(f"record payload is {size} bytes; the limit is {MAX_PAYLOAD}")

@@ -39,6 +39,8 @@ from cerbistream_spool.spool.segments import (
 
 __all__ = ["SpoolWriter"]
 
+_EVENT = int(Kind.EVENT)
+_time_ns = time.time_ns
 _REFRESH_MIN_S = 0.05  # at most one directory walk per 50 ms while over the size cap
 _COMMITTER_CHECK_S = 1.0  # how often a waiting appender checks that the committer lives
 
@@ -142,12 +144,16 @@ class SpoolWriter:
         """Append one event (any msgpack-able value); returns its sequence number."""
         return self.append_body(encode_body(event))
 
-    def append_body(self, body: bytes, kind: int = Kind.EVENT) -> int:
+    def append_body(self, body: bytes, kind: int = _EVENT) -> int:
         """Append an already msgpack-encoded body; returns its sequence number."""
         with self._lock:
             if self._closed:
                 raise SpoolClosedError("spool writer is closed")
-            seq = self._append_locked(int(kind), body)
+            if self._fixed_bytes + self._seg_size + len(body) + 128 > self._max_spool:
+                self._make_room(len(body) + 128)
+            if self._dropped_unrecorded:
+                self._write_pending_gap()
+            seq = self._write(int(kind), body)
         if self._always:
             self._await_durable(seq)
         return seq
@@ -217,18 +223,10 @@ class SpoolWriter:
 
     # -- append path (caller holds self._lock) ------------------------------------
 
-    def _append_locked(self, kind: int, body: bytes) -> int:
-        need = len(body) + 128
-        if self._fixed_bytes + self._seg_size + need > self._max_spool:  # _over_cap, inlined
-            self._make_room(need)
-        if self._dropped_unrecorded:
-            self._write_pending_gap()
-        return self._write(kind, body)
-
     def _write(self, kind: int, body: bytes) -> int:
         """Frame and write one record (the hot path: keep it flat)."""
         seq = self._next_seq
-        now = time.time_ns()
+        now = _time_ns()
         if self._seg_records and (
             self._seg_size + len(body) + 128 > self._max_segment
             or now - self._seg_created_ns > self._max_age_ns
@@ -253,7 +251,7 @@ class SpoolWriter:
         self._seg_size += len(frame)
         self._seg_records += 1
         self._accepted = seq
-        if kind != Kind.EVENT:
+        if kind != _EVENT:
             self._markers.append(seq)  # not events: stats() leaves them out of pending_records
         return seq
 
