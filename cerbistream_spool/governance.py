@@ -188,7 +188,7 @@ class Governance:
                 if v.action == ACTION_REDACT and v.path == (key.lower(),)
             )
             blocked = any(v.action == ACTION_BLOCK for v in violations)
-            plan = FlatPlan(violations, redact, blocked)
+            plan = FlatPlan(violations, redact, blocked, {})
             if len(self._plans) < _MAX_PLANS:
                 self._plans[keys] = plan
         return plan
@@ -200,6 +200,9 @@ class FlatPlan(NamedTuple):
     violations: Tuple[Violation, ...]
     redact: FrozenSet[str]
     blocked: bool
+    # what consumers derive from the plan, kept with it (the event encoder stores the
+    # packed Violations here); bounded and dropped with the plan, so with the Governance
+    memo: Dict[str, Any]
 
 
 _MAX_PLANS = 1024

@@ -17,12 +17,12 @@ from typing import Any, Dict, Optional
 
 from cerbistream_spool.diagnostics import Reporter, guard
 from cerbistream_spool.errors import GovernanceConfigError, SpoolConfigError, SpoolFullError
-from cerbistream_spool.event import build_event, validate_event_options
+from cerbistream_spool.event import EventEncoder
 from cerbistream_spool.governance import Governance, load_governance
 from cerbistream_spool.governance_watch import GovernanceWatcher
 from cerbistream_spool.spool.config import MiB, SpoolConfig
 from cerbistream_spool.spool.reader import oldest_pending_ns
-from cerbistream_spool.spool.record import Kind, encode_body
+from cerbistream_spool.spool.record import Kind
 from cerbistream_spool.spool.writer import SpoolWriter
 
 __all__ = ["DEFAULT_QUEUE", "SpoolHandler"]
@@ -62,7 +62,7 @@ class SpoolHandler(logging.Handler):
         self._writer: Optional[SpoolWriter] = None
         self._watcher: Optional[GovernanceWatcher] = None
         self._drainer: Any = None
-        validate_event_options(
+        self._encoder = EventEncoder(  # validates the envelope options
             tenant_id=tenant_id,
             app_name=app_name,
             environment=environment,
@@ -118,15 +118,7 @@ class SpoolHandler(logging.Handler):
             return
         guard.active = True
         try:
-            event = build_event(
-                record,
-                tenant_id=self.tenant_id,
-                app_name=self.app_name,
-                environment=self.environment,
-                governance_profile=self.governance_profile,
-                governance=self._governance,
-            )
-            self._append(encode_body(event))
+            self._append(self._encoder.encode(record, self._governance))
         except Exception:  # noqa: BLE001 — the app must never see our failures
             self.handleError(record)
         finally:

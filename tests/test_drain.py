@@ -30,10 +30,10 @@ pytest.importorskip("proton")
 pytest.importorskip("azure.servicebus")
 
 from cerbistream_spool import SpoolHandler, verify
-from cerbistream_spool import handler as handler_module
 from cerbistream_spool.drain import DEADLETTER_DIR, Drainer
+from cerbistream_spool.event import EventEncoder
 from cerbistream_spool.spool.reader import SpoolReader
-from cerbistream_spool.spool.record import Kind
+from cerbistream_spool.spool.record import Kind, decode_body
 from cerbistream_spool.status import status as spool_status
 from cerbistream_spool.transports import servicebus
 from cerbistream_spool.transports.servicebus import ServiceBusTransport
@@ -183,16 +183,17 @@ def fast_handler_drainer(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def built(monkeypatch: pytest.MonkeyPatch) -> Events:
-    """Every event the handlers of this test built, by LogId, exactly as built."""
+    """Every event the handlers of this test encoded, by LogId, exactly as encoded."""
     events: Events = {}
-    original = handler_module.build_event
+    original = EventEncoder.encode
 
-    def capture(*args: Any, **kwargs: Any) -> Dict[str, Any]:
-        event = original(*args, **kwargs)
+    def capture(self: EventEncoder, *args: Any, **kwargs: Any) -> bytes:
+        body = original(self, *args, **kwargs)
+        event = decode_body(body)
         events[event["LogId"]] = json.loads(json.dumps(event))
-        return event
+        return body
 
-    monkeypatch.setattr(handler_module, "build_event", capture)
+    monkeypatch.setattr(EventEncoder, "encode", capture)
     return events
 
 

@@ -8,12 +8,15 @@ import copy
 import json
 import logging
 import math
+import os
 import re
+import subprocess
 import sys
+import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import msgpack
 import pytest
@@ -27,9 +30,12 @@ from cerbistream_spool.context import (
 )
 from cerbistream_spool.errors import SpoolConfigError
 from cerbistream_spool.event import (
+    _MAX_LAYOUTS,
+    CONTROL_KEYS,
     EVENT_KEYS,
     MAX_DEPTH,
     RESERVED_ATTRS,
+    EventEncoder,
     build_event,
     event_to_json,
     format_timestamp,
@@ -38,7 +44,8 @@ from cerbistream_spool.event import (
     to_wire,
     validate_event_options,
 )
-from cerbistream_spool.governance import REDACTED, Governance, load_governance
+from cerbistream_spool.governance import REDACTED, Governance, load_governance, parse_governance
+from cerbistream_spool.spool.record import encode_body
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CONTRACT_CREATED = datetime(2026, 2, 3, 22, 0, 0, 123456, tzinfo=timezone.utc).timestamp()
@@ -713,3 +720,318 @@ def test_a_redacted_extra_whose_name_clashes_with_payload_keys_stays_redacted(tm
         assert payload["extra_logger"] == "***REDACTED***"
         assert payload["EMAIL"] == "***REDACTED***"
         assert "secret" not in json.dumps(event)
+
+
+# ---------------------------------------------------------------- EventEncoder: the same bytes
+
+
+def assert_encoder_bytes_equal_build_event(
+    encoder: EventEncoder, record: logging.LogRecord, governance: Optional[Governance]
+) -> bytes:
+    """``encoder.encode`` == ``encode_body(build_event(...))`` byte for byte, the LogId pinned."""
+    body = encoder.encode(record, governance)
+    log_id = msgpack.unpackb(body, raw=False)["LogId"]
+    assert UUID4.match(log_id)
+    event = build_event(
+        record,
+        tenant_id=encoder.tenant_id,
+        app_name=encoder.app_name,
+        environment=encoder.environment,
+        governance_profile=encoder.governance_profile,
+        governance=governance,
+    )
+    event["LogId"] = log_id
+    assert body == encode_body(event), (msgpack.unpackb(body, raw=False), event)
+    return body
+
+
+ENCODER_GOVERNANCE = parse_governance(
+    json.dumps(
+        {
+            "profiles": {
+                "default": {
+                    "rules": [
+                        {
+                            "ruleId": "PII-001",
+                            "code": "PII",
+                            "fields": ["email", "ssn", "user.email", "logger", "Exception"],
+                            "severity": "Warning",
+                            "message": "PII field detected",
+                            "action": "Redact",
+                        },
+                        {
+                            "ruleId": "SEC-001",
+                            "code": "Security",
+                            "fields": ["password", "user.password"],
+                            "severity": "Critical",
+                            "action": "Block",
+                        },
+                        {"ruleId": "FLAG-1", "code": "F", "fields": ["iban"], "severity": "Low"},
+                    ]
+                }
+            }
+        }
+    ),
+    path="<test>",
+    profile="default",
+)
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+governed_names = st.sampled_from(
+    [
+        *("email", "EMAIL", "ssn", "password", "iban", "user"),  # governed
+        *("logger", "level", "exception", "blocked", "function", "extra_level"),  # renamed
+        *("_private", "naïve", "p\udc80th", "k"),
+    ]
+)
+control_values = st.one_of(
+    st.none(), st.just(""), st.text(max_size=4), st.integers(), st.booleans(), st.just(b"x")
+)
+odd_values = st.one_of(
+    json_tree,
+    st.builds(object),
+    st.builds(_Unprintable),
+    st.builds(_Weird),
+    st.builds(_Color, st.text(max_size=3)),
+    st.dictionaries(st.sampled_from(["email", "Email", "password", "id"]), json_tree, max_size=3),
+)
+
+
+# Encoders live across examples, one per option set and governance, so their layout and
+# Violations memos are hit by records of other shapes too (never reset by a governance swap).
+_ENCODERS: Dict[Any, EventEncoder] = {}
+
+
+def shared_encoder(options: Dict[str, Any], governance: Optional[Governance]) -> EventEncoder:
+    key = (*options.values(), id(governance))
+    if key not in _ENCODERS:
+        _ENCODERS[key] = EventEncoder(**options)
+    return _ENCODERS[key]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    level=st.one_of(
+        st.sampled_from([0, 5, 10, 19, 20, 25, 30, 40, 45, 50, 60]), st.integers(-(2**70), 2**70)
+    ),
+    extras=st.dictionaries(st.one_of(governed_names, extra_names), odd_values, max_size=6),
+    controls=st.dictionaries(st.sampled_from(sorted(CONTROL_KEYS)), control_values, max_size=3),
+    governance=st.sampled_from([None, ENCODER_GOVERNANCE, Governance()]),
+    options=st.fixed_dictionaries(
+        {
+            "tenant_id": st.sampled_from(["my-tenant", "tenant-ü"]),
+            "app_name": st.just("my-python-app"),
+            "environment": st.sampled_from([None, "production", "", "prod-ü"]),
+            "governance_profile": st.sampled_from(["default", "payments"]),
+        }
+    ),
+    args=st.sampled_from([(), ("x\udcff",), (1, 2)]),
+    correlation_id=st.one_of(st.none(), st.text(max_size=8)),
+    with_exception=st.booleans(),
+    reorder=st.booleans(),
+)
+def test_encoder_bytes_equal_encode_body_of_build_event(
+    level: int,
+    extras: Dict[str, Any],
+    controls: Dict[str, Any],
+    governance: Optional[Governance],
+    options: Dict[str, Any],
+    args: Any,
+    correlation_id: Optional[str],
+    with_exception: bool,
+    reorder: bool,
+) -> None:
+    """Any record, any governance: the encoder writes the bytes build_event + msgpack wrote."""
+    encoder = shared_encoder(options, governance)
+    msg = "user %s logged in" if len(args) == 1 else "hello %s %s" if args else "plain ✓"
+    record = make_record(
+        msg,
+        *args,
+        level=level,
+        extra={**extras, **controls},
+        exc_info=_exc_info() if with_exception else None,
+    )
+    if reorder:  # an attribute set again moves to the end: not makeRecord's order any more
+        record.__dict__["msg"] = record.__dict__.pop("msg")
+    token = set_correlation_id(correlation_id)
+    try:
+        first = assert_encoder_bytes_equal_build_event(encoder, record, governance)
+        second = assert_encoder_bytes_equal_build_event(encoder, record, governance)  # memoised
+    finally:
+        reset_correlation_id(token)
+    assert first != second  # a new LogId per event, everything else the same
+    assert len(first) == len(second)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shapes=st.lists(
+        st.dictionaries(
+            st.sampled_from(["email", "password", "iban", "tenant_id", "level", "_p", "a", "b"]),
+            st.sampled_from(["v", 1, {"email": "x"}, None]),
+            max_size=4,
+        ),
+        min_size=2,
+        max_size=10,
+    ),
+    governance=st.sampled_from([None, ENCODER_GOVERNANCE]),
+)
+def test_one_encoder_keeps_records_of_different_shapes_apart(
+    shapes: List[Dict[str, Any]], governance: Optional[Governance]
+) -> None:
+    """Records whose attribute names share a tail or a set still get their own layout."""
+    encoder = EventEncoder(tenant_id="t", app_name="a")
+    for extras in shapes + shapes[::-1]:
+        record = make_record(extra=extras)
+        assert_encoder_bytes_equal_build_event(encoder, record, governance)
+        record.__dict__["msg"] = record.__dict__.pop("msg")  # the same names, another order
+        assert_encoder_bytes_equal_build_event(encoder, record, governance)
+
+
+def test_records_whose_names_share_a_tail_get_their_own_layout() -> None:
+    tail = {"a": 1, "b": 2, "c": 3}
+    shapes = [tail, {"password": "p", **tail}, {"email": "e", **tail}, {"_p": 0, **tail}]
+    shapes += [{"tenant_id": "t2", **tail}, {"level": "x", **tail}, {"user": {"email": 1}, **tail}]
+    encoder = EventEncoder(tenant_id="t", app_name="a")
+    for extras in shapes + shapes[::-1]:
+        assert_encoder_bytes_equal_build_event(
+            encoder, make_record(extra=extras), ENCODER_GOVERNANCE
+        )
+
+
+def test_encoder_takes_the_general_path_for_envelope_overrides_and_odd_records() -> None:
+    """tenant_id/app_name/environment extras, makeLogRecord records and bad formats agree too."""
+    encoder = EventEncoder(tenant_id="t", app_name="a", environment="prod")
+    records = [
+        make_record(extra={"tenant_id": "t2", "app_name": None, "environment": 7, "k": 1}),
+        make_record(extra={"correlation_id": 42, "governance_relaxed": "yes"}),
+        make_record("count=%d", "not-a-number"),
+        logging.makeLogRecord({"msg": "m", "custom": 1, "taskName": "T"}),
+        logging.makeLogRecord({"msg": "m", "levelno": "WARNING", "levelname": None}),
+    ]
+    for record in records:
+        assert_encoder_bytes_equal_build_event(encoder, record, ENCODER_GOVERNANCE)
+    event = msgpack.unpackb(encoder.encode(records[0], None), raw=False)
+    assert (event["TenantId"], event["AppName"], event["Environment"]) == ("t2", "a", "7")
+
+
+def test_encoder_applies_new_rules_to_the_next_record_after_a_reload(tmp_path: Path) -> None:
+    """Layouts and packed Violations are kept per Governance: a reload is never served stale."""
+    encoder = EventEncoder(tenant_id="t", app_name="a")
+    redact = load_governance(GOLDEN / "contract_governance.json")
+    flag_only = parse_governance(
+        json.dumps(
+            {
+                "profiles": {
+                    "default": {
+                        "rules": [
+                            {"ruleId": "X", "code": "C", "fields": ["email"], "severity": "S"}
+                        ]
+                    }
+                }
+            }
+        ),
+        path="<test>",
+        profile="default",
+    )
+    for governance, email, rule in [
+        (redact, REDACTED, "PII-001"),
+        (flag_only, "a@b.c", "X"),
+        (redact, REDACTED, "PII-001"),
+        (None, "a@b.c", None),
+    ]:
+        for _ in range(2):
+            body = assert_encoder_bytes_equal_build_event(
+                encoder, make_record(extra={"email": "a@b.c"}), governance
+            )
+            event = msgpack.unpackb(body, raw=False)
+            assert event["RawPayload"]["email"] == email
+            assert [v["RuleId"] for v in event["Violations"]] == ([rule] if rule else [])
+
+
+def test_encoder_memo_stays_bounded_with_ever_new_extra_names() -> None:
+    encoder = EventEncoder(tenant_id="t", app_name="a")
+    gov = load_governance(GOLDEN / "contract_governance.json")
+    for i in range(_MAX_LAYOUTS + 50):
+        assert_encoder_bytes_equal_build_event(encoder, make_record(extra={f"k{i}": i}), gov)
+    assert len(encoder._state[1]) == _MAX_LAYOUTS
+
+
+def test_encoder_with_an_option_utf8_cannot_encode_fails_per_record_like_encode_body() -> None:
+    encoder = EventEncoder(tenant_id="t\udcff", app_name="a")
+    record = make_record()
+    with pytest.raises(UnicodeEncodeError):
+        encode_body(build_event(record, tenant_id="t\udcff", app_name="a"))
+    with pytest.raises(UnicodeEncodeError):
+        encoder.encode(record)
+
+
+def test_encoder_rejects_invalid_options() -> None:
+    with pytest.raises(SpoolConfigError):
+        EventEncoder(tenant_id="", app_name="a")
+
+
+def test_contract_example_through_the_encoder_equals_the_golden_event(
+    contract_gov: Governance,
+) -> None:
+    encoder = EventEncoder(
+        tenant_id="my-tenant", app_name="my-python-app", environment="production"
+    )
+    record = make_record(extra={"user_id": "12345", "email": "a@b.c"}, created=CONTRACT_CREATED)
+    event = msgpack.unpackb(encoder.encode(record, contract_gov), raw=False)
+    expected = golden("contract_event.json")
+    event["LogId"] = expected["LogId"]
+    assert event_to_json(event) == event_to_json(expected)
+
+
+def test_log_ids_stay_unique_across_threads() -> None:
+    ids: List[str] = []
+
+    def draw() -> None:
+        ids.extend(new_log_id() for _ in range(1000))
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == len(ids) == 4000
+    assert all(UUID4.match(i) for i in ids)
+
+
+FORK_CHILD = """
+import os
+from cerbistream_spool.event import new_log_id
+new_log_id()  # the parent holds a partly used block
+read_end, write_end = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write_end, " ".join(new_log_id() for _ in range(64)).encode())
+    os._exit(0)
+os.close(write_end)
+os.waitpid(pid, 0)
+with os.fdopen(read_end, "rb") as f:
+    child = set(f.read().decode().split())
+parent = {new_log_id() for _ in range(64)}
+print(len(child), len(child & parent))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_reuses_its_parents_log_ids() -> None:
+    """Workers forked after the parent logged (gunicorn preload) must not repeat its LogIds."""
+    # in a fresh single-threaded interpreter: forking this multi-threaded one warns on 3.12+
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_CHILD],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
+    assert out.split() == ["64", "0"]

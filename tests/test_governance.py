@@ -343,6 +343,20 @@ def test_reloading_returns_a_new_object_and_leaves_the_old_one_intact(tmp_path: 
     assert new.check({"ssn": 1}) and not new.check({"email": 1})
 
 
+def test_flat_plan_is_memoised_per_key_tuple_with_its_own_memo_dropped_on_reload(
+    tmp_path: Path,
+) -> None:
+    """One plan (and one ``memo`` for what consumers derive) per key tuple and Governance."""
+    path = write(tmp_path, {"profiles": {"default": {"rules": [rule(action="Redact")]}}})
+    gov = load_governance(path)
+    plan = gov.flat_plan(("email", "k"))
+    assert plan == (plan.violations, frozenset({"email"}), False, {})
+    plan.memo["derived"] = b"x"
+    assert gov.flat_plan(("email", "k")) is plan
+    assert gov.flat_plan(("k", "email")).memo == {}
+    assert load_governance(path).flat_plan(("email", "k")).memo == {}
+
+
 def test_utf8_bom_and_str_input_are_accepted(tmp_path: Path) -> None:
     doc = json.dumps({"profiles": {"default": {"rules": [rule()]}}})
     path = tmp_path / "bom.json"

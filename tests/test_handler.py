@@ -20,9 +20,11 @@ from spoolkit import read_all
 
 from cerbistream_spool import GovernanceConfigError, SpoolConfigError, verify
 from cerbistream_spool.diagnostics import Reporter
+from cerbistream_spool.event import build_event
 from cerbistream_spool.handler import SpoolHandler
 from cerbistream_spool.spool import SpoolWriter
 from cerbistream_spool.spool.lanes import LANES_DIR
+from cerbistream_spool.spool.record import encode_body
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = {
@@ -137,6 +139,40 @@ def test_a_logged_record_becomes_a_contract_event_on_disk(spool_dir: str, rules:
     assert event["RawPayload"]["email"] == "***REDACTED***"
     assert event["RawPayload"]["user_id"] == "12345"
     assert verify(spool_dir).valid
+
+
+def test_the_spooled_body_is_encode_body_of_build_event_byte_for_byte(
+    spool_dir: str, rules: Path
+) -> None:
+    """The handler's encoder writes what ``encode_body(build_event(...))`` would (LogId aside)."""
+    options: Dict[str, Any] = {"tenant_id": "t", "app_name": "a", "environment": "prod"}
+    handler = SpoolHandler(spool_dir, governance_config_path=str(rules), drain=False, **options)
+    logger = make_logger(handler)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    extras: List[Dict[str, Any]] = [
+        {"user_id": 5, "email": "u5@example.com", "request_id": "r-5"},
+        {"password": "hunter2"},
+        {"user": {"email": "x@y.z"}, "n": 1.5},
+        {"tenant_id": "t2", "correlation_id": "c-1", "governance_relaxed": True},
+        {},
+    ]
+    records = [
+        logger.makeRecord(logger.name, level, "m.py", 1, "m %s", ("ü",), exc, "f", extra)
+        for extra in extras
+        for level, exc in ((logging.INFO, None), (logging.ERROR, exc_info))
+    ]
+    for record in records:
+        handler.handle(record)
+    handler.close()
+    stored = [r for r in read_all(spool_dir) if r.kind == 1]
+    assert len(stored) == len(records)
+    for record, spooled in zip(records, stored):
+        event = build_event(record, governance=handler.governance, **options)
+        event["LogId"] = spooled.value()["LogId"]
+        assert spooled.body == encode_body(event)
 
 
 @pytest.mark.parametrize("mode", ["always", "interval", "never"])
