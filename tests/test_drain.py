@@ -11,6 +11,7 @@ All waits are bounded; drainers use small backoff values.
 from __future__ import annotations
 
 import collections
+import gc
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -31,6 +33,7 @@ pytest.importorskip("azure.servicebus")
 
 from cerbistream_spool import SpoolHandler, verify
 from cerbistream_spool.drain import DEADLETTER_DIR, Drainer
+from cerbistream_spool.errors import TransientTransportError
 from cerbistream_spool.event import EventEncoder
 from cerbistream_spool.spool.reader import SpoolReader
 from cerbistream_spool.spool.record import Kind, decode_body
@@ -330,6 +333,46 @@ def test_peer_restarted_six_times_during_steady_logging_loses_nothing(
     assert wait_until(lambda: handler.stats()["pending_records"] == 0, timeout=5)
     handler.close()
     assert_spool_clean(spool_dir)
+
+
+def test_failed_connects_leave_no_socket_open() -> None:
+    """A broker that accepts TCP and resets before the AMQP header: every failed send
+    closes its socket (the SDK alone leaves it to the garbage collector)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(5)
+    port = server.getsockname()[1]
+
+    def reset_each_connection() -> None:
+        for _ in range(3):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    acceptor = threading.Thread(target=reset_each_connection)
+    acceptor.start()
+    transport = ServiceBusTransport(
+        connection_string=f"Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName=k;"
+        "SharedAccessKey=v;UseDevelopmentEmulator=true",
+        queue_name="q",
+        send_timeout_s=5,
+    )
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                with pytest.raises(TransientTransportError):
+                    transport.send([])
+            gc.collect()
+    finally:
+        transport.close()
+        acceptor.join(10)
+        server.close()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Optional, Sequence, cast
+from typing import Any, List, Optional, Sequence, cast
 
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 from azure.servicebus.exceptions import (
@@ -61,6 +61,7 @@ class ServiceBusTransport:
         self._retry_total = retry_total  # our drainer retries with backoff; the SDK must not
         self._client: Any = None
         self._sender: Any = None
+        self._amqp_clients: List[Any] = []  # see _keep_amqp_clients
         self._lock = threading.Lock()
 
     def send(self, messages: Sequence[OutgoingMessage]) -> SendResult:
@@ -100,6 +101,7 @@ class ServiceBusTransport:
                 )
             self._client = client
             self._sender = client.get_queue_sender(self.queue_name)
+            self._keep_amqp_clients(self._sender)
         return self._sender
 
     def _send(self, messages: Sequence[OutgoingMessage]) -> SendResult:
@@ -141,6 +143,38 @@ class ServiceBusTransport:
             if closable is not None:
                 with contextlib.suppress(Exception):  # already failing; reopened next time
                     closable.close()
+        amqp_clients, self._amqp_clients = self._amqp_clients, []
+        for amqp_client in amqp_clients:
+            _close_socket(amqp_client)
+
+    def _keep_amqp_clients(self, sender: Any) -> None:
+        """Remember each AMQP client ``sender`` creates, to close its socket in ``_reset``.
+
+        When a connection fails before its AMQP session exists (broker restarting,
+        TCP accepted then reset), the SDK drops its client with the socket still
+        open: ``AMQPClient.close()`` returns early without a session, and
+        ``Connection.close()`` skips the transport once in state END
+        (Azure/azure-sdk-for-python#46830). One socket per failed reconnect would
+        then stay open until the garbage collector finds it.
+        """
+        create = getattr(sender, "_create_handler", None)
+        if create is None:  # SDK internals changed: nothing to hook, nothing worse than before
+            return
+
+        def create_and_keep(*args: Any, **kwargs: Any) -> Any:
+            result = create(*args, **kwargs)
+            self._amqp_clients.append(getattr(sender, "_handler", None))
+            return result
+
+        sender._create_handler = create_and_keep
+
+
+def _close_socket(amqp_client: Any) -> None:
+    """Close the transport (socket) of an SDK AMQP client; no-op when already closed."""
+    transport = getattr(getattr(amqp_client, "_connection", None), "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
 
 
 def _default_credential() -> Any:
