@@ -8,7 +8,9 @@ import platform
 import statistics
 import subprocess
 import sys
-from typing import Any, Dict, List
+import threading
+import time
+from typing import Any, Dict, List, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,6 +28,23 @@ def median(values: List[float]) -> float:
 def fmt(x: float) -> str:
     """A rate with thousands separators."""
     return f"{x:,.0f}"
+
+
+def run_threads(pool: List[threading.Thread], barrier: threading.Barrier) -> Tuple[float, float]:
+    """Start ``pool``, release it through ``barrier`` (one party more than the pool) and
+    join it; returns ``(perf_counter at the release, seconds until the last thread ended)``.
+    """
+    for th in pool:
+        th.start()
+    try:
+        barrier.wait()
+        start = time.perf_counter()
+        for th in pool:
+            th.join()
+        return start, time.perf_counter() - start
+    finally:
+        for th in pool:
+            th.join()
 
 
 def code_version() -> str:

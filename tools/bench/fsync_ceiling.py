@@ -34,7 +34,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 import timeit
 from typing import Any, Callable, Dict, List, Optional
 
@@ -42,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:  # tools/ is not installed: run as a script from anywhere
     sys.path.insert(0, REPO)
 
-from tools.bench.common import fmt, log, machine, median  # noqa: E402
+from tools.bench.common import fmt, log, machine, median, run_threads  # noqa: E402
 
 RECORD = b"r" * 650
 PREALLOC = 16 * 1024 * 1024
@@ -128,14 +127,7 @@ def run_one(root: str, discipline: str, threads: int, records: int, loops: int) 
             else:
                 f.group_sync(seq, os.fdatasync if prealloc else os.fsync)
 
-    pool = [threading.Thread(target=body) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - start
+    _, elapsed = run_threads([threading.Thread(target=body) for _ in range(threads)], barrier)
     os.close(f.fd)
     os.unlink(path)
     return per * threads / elapsed

@@ -59,7 +59,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:  # tools/ is not installed: run as a script from anywhere
     sys.path.insert(0, REPO)
 
-from tools.bench.common import fmt, log, machine  # noqa: E402
+from tools.bench.common import fmt, log, machine, run_threads  # noqa: E402
 
 GOVERNANCE = os.path.join(REPO, "cerbi_governance.json")
 WARMUP = 50  # untimed records per thread before the barrier (thread-local packers, caches)
@@ -195,17 +195,9 @@ def drive(handler: logging.Handler, name: str, threads: int, records: int) -> Di
             barrier.abort()
 
     pool = [threading.Thread(target=body, args=(t,), name=f"bench-{t}") for t in range(threads)]
-    for th in pool:
-        th.start()
     try:
-        barrier.wait()
-        start = time.perf_counter()
-        for th in pool:
-            th.join()
-        elapsed = time.perf_counter() - start
+        _, elapsed = run_threads(pool, barrier)
     finally:
-        for th in pool:
-            th.join()
         logger.removeHandler(handler)
     if errors:
         raise errors[0]

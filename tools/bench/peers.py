@@ -92,7 +92,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:  # tools/ is not installed: run as a script from anywhere
     sys.path.insert(0, REPO)
 
-from tools.bench.common import log, machine  # noqa: E402
+from tools.bench.common import log, machine, run_threads  # noqa: E402
 from tools.bench.handler_bench import FsyncFileHandler, JsonFormatter  # noqa: E402
 
 GOVERNANCE = os.path.join(REPO, "cerbi_governance.json")
@@ -421,13 +421,7 @@ def child_run(spec: Dict[str, Any]) -> Dict[str, Any]:
             barrier.abort()
 
     pool = [threading.Thread(target=body, args=(t,)) for t in range(threads)]
-    for th in pool:
-        th.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for th in pool:
-        th.join()
-    elapsed = time.perf_counter() - t0
+    t0, elapsed = run_threads(pool, barrier)
     if errors:
         raise errors[0]
     total = quota * threads + WARMUP * threads
