@@ -114,8 +114,15 @@ def drain_cmd(
     help="With --replay: write JSON lines to this file instead of the queue.",
 )
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="With --replay.")
+@click.option("--strict", is_flag=True, help="Exit 1 on notices too (an unclean close).")
 def verify_cmd(
-    spool_dir: str, as_json: bool, key_env: str, replay: bool, to_file: Optional[str], queue: str
+    spool_dir: str,
+    as_json: bool,
+    key_env: str,
+    replay: bool,
+    to_file: Optional[str],
+    queue: str,
+    strict: bool,
 ) -> None:
     """Check framing, checksums, chain, sequence, cursor and clean-close tail."""
     _existing(spool_dir)
@@ -133,17 +140,27 @@ def verify_cmd(
         _print_report(spool_dir, report)
         if replayed is not None:
             click.echo(f"  replayed {replayed} record(s) to {to_file or queue}")
-    sys.exit(0 if report.valid else 1)
+    sys.exit(0 if report.valid and not (strict and report.notices) else 1)
 
 
 def _replay(spool_dir: str, report: VerifyReport, to_file: Optional[str], queue: str) -> int:
+    """Ship the pending records of lanes without problems (an unclean close is none).
+
+    The copied spool gets nothing but new cursors: no lane is removed, no
+    acknowledged segment unlinked, no gap lane opened, no tail truncated.
+    """
     from cerbistream_spool.drain import Drainer  # noqa: PLC0415
     from cerbistream_spool.transports.jsonl import JsonlTransport  # noqa: PLC0415
 
+    if to_file:
+        with open(to_file, "a"):  # the file exists even when nothing is pending
+            pass
     transport = JsonlTransport(to_file) if to_file else _transport(None, queue)
     bad = {p.lane for p in report.problems}
-    drainer = Drainer(spool_dir, transport)
+    drainer = Drainer(spool_dir, transport, record_losses=False)
     drainer.reader.lanes = {ln["lane"] for ln in report.lanes} - bad
+    drainer.reader.remove_idle_lanes = False
+    drainer.reader.unlink_acked = False
     try:
         drainer.drain_until_idle(timeout=300)
     finally:
@@ -159,6 +176,8 @@ def _print_report(spool_dir: str, report: VerifyReport) -> None:
     )
     for p in report.problems:
         click.echo(f"  {p.kind}: lane {p.lane} {p.segment} @{p.offset} seq {p.seq}: {p.detail}")
+    for n in report.notices:
+        click.echo(f"  notice {n.kind}: lane {n.lane} {n.segment} @{n.offset}: {n.detail}")
     for gap in report.gaps:
         click.echo(
             f"  gap (lane {gap['lane']} seq {gap['seq']}): {gap.get('reason')}"

@@ -12,6 +12,12 @@ reader to the cursor, so the batch is sent again (same MessageIds).
 - A message the broker can never take is written to ``deadletter/`` and a
   ``gap`` record (reason ``dead-letter``) goes into the chain: it never blocks
   the queue.
+- Damage the reader stepped over (a corrupt record in a segment with valid
+  records after it) is never acked past silently: the segment is first copied
+  to ``quarantine/`` (copy, fsync, fsync dir), a ``gap`` record (reason
+  ``corruption``, naming the lane and lost range) goes into the chain,
+  ``corrupt_records`` counts the lost records and ``last_error`` says so;
+  only then is the batch acked. The valid records around it are delivered.
 - ``locks/drain.lock`` (filelock) makes one drainer per spool at a time.
 """
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -36,9 +43,9 @@ from tenacity import (
 
 from cerbistream_spool.diagnostics import mark_internal_thread
 from cerbistream_spool.errors import TransportError
-from cerbistream_spool.spool.fsio import atomic_write, ensure_dir
-from cerbistream_spool.spool.lanes import drain_lock
-from cerbistream_spool.spool.reader import Batch, SpoolReader
+from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir
+from cerbistream_spool.spool.lanes import QUARANTINE_DIR, drain_lock
+from cerbistream_spool.spool.reader import Batch, Damage, SpoolReader
 from cerbistream_spool.spool.record import Kind, encode_body
 from cerbistream_spool.spool.writer import SpoolWriter
 from cerbistream_spool.status import write_drain_status
@@ -61,6 +68,7 @@ class DrainStats:
     delivered: int = 0  # event records the broker accepted (re-sends counted again)
     batches: int = 0
     dead_lettered: int = 0
+    corrupt_records: int = 0  # records lost to damage on disk (each also a corruption gap)
     failures: int = 0
     last_error: Optional[str] = None
     last_delivery_unix: Optional[float] = None
@@ -80,7 +88,11 @@ class Drainer:
         idle_poll_s: float = 1.0,
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 30.0,
+        record_losses: bool = True,
     ) -> None:
+        """``record_losses=False`` (replaying a copied spool): dead letters and damage are
+        counted and reported in ``last_error`` but no gap lane, quarantine copy or other
+        lane is written into the spool."""
         self.spool_dir = os.path.abspath(spool_dir)
         self.transport = transport
         self.reader = SpoolReader(self.spool_dir)
@@ -97,6 +109,8 @@ class Drainer:
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._stats = DrainStats()
+        self.record_losses = record_losses
+        self._loss_note: Optional[str] = None  # stays in last_error once data was lost
         self._published: Dict[str, Any] = {}
         self._published_at = 0.0
 
@@ -144,6 +158,8 @@ class Drainer:
         rejected = self.transport.send(messages).rejected if messages else []
         for message, reason in rejected:
             self._dead_letter(message.lane, message.seq, message, reason)
+        for damage in batch.damage:  # recorded before the ack can unlink the segment
+            self._record_damage(damage)
         self.reader.ack(batch)
         if self._writer is not None:
             self._writer.notify_space()
@@ -151,8 +167,46 @@ class Drainer:
         stats.batches += 1
         stats.delivered += len(messages) - len(rejected)
         stats.last_delivery_unix = time.time()
-        stats.last_error = None
+        stats.last_error = self._loss_note
         return len(messages) - len(rejected)
+
+    def _record_damage(self, damage: Damage) -> None:
+        """Quarantine a copy of the damaged segment, then record the lost range as a gap."""
+        name = os.path.basename(damage.segment)
+        where = f"lane {damage.lane} segment {name} bytes {damage.start}..{damage.end}"
+        lost = f"{damage.lost} record(s) seq {damage.first_seq}..{damage.last_seq}"
+        copy = self._quarantine_copy(damage) if self.record_losses else None
+        detail = f"{where}: {damage.detail}" + (f"; copy in {copy}" if copy else "")
+        if self.record_losses and damage.lost:
+            gap = {
+                "reason": "corruption",
+                "count": damage.lost,
+                "first_seq": damage.first_seq,
+                "last_seq": damage.last_seq,
+                "lane": damage.lane,
+                "detail": detail,
+            }
+            self._gap_writer().append_body(encode_body(gap), Kind.GAP)
+        self._stats.corrupt_records += damage.lost
+        self._loss_note = f"corruption: {lost} lost in {detail}"
+
+    def _quarantine_copy(self, damage: Damage) -> Optional[str]:
+        """Copy the damaged segment into quarantine/ durably; its path, None if it is gone."""
+        qdir = os.path.join(self.spool_dir, QUARANTINE_DIR)
+        ensure_dir(qdir)
+        name = f"{damage.lane:04d}-{time.time_ns()}-{os.path.basename(damage.segment)}"
+        target = os.path.join(qdir, name)
+        try:
+            shutil.copyfile(damage.segment, target)
+        except FileNotFoundError:
+            return None
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(qdir)
+        return os.path.join(QUARANTINE_DIR, name)
 
     def _batch_bytes(self) -> int:
         """Spool bytes per reader batch so that it fills one broker batch (not 1.3 of one)."""
@@ -172,6 +226,9 @@ class Drainer:
         atomic_write(
             os.path.join(directory, f"{lane:04d}-{seq:020d}.json"), json.dumps(doc).encode()
         )
+        self._stats.dead_lettered += 1
+        if not self.record_losses:
+            return
         gap = {
             "reason": "dead-letter",
             "count": 1,
@@ -181,7 +238,6 @@ class Drainer:
             "detail": reason,
         }
         self._gap_writer().append_body(encode_body(gap), Kind.GAP)
-        self._stats.dead_lettered += 1
 
     def _gap_writer(self) -> SpoolWriter:
         if self._writer is not None and not self._writer.closed:

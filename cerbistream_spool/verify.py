@@ -5,12 +5,20 @@ segments, HMAC signatures when a key is given ("unchecked" otherwise), the
 cursor pointing at a real record, and the clean-close marker against the
 actual tail. Read-only; never raises on file contents. The CLI only prints
 the report.
+
+The expected state after a crash (a lane without a live writer that ends
+without a close record, perhaps with a torn last frame or a segment file cut
+short before its header) is a :class:`Notice` (``unclean-close``), not a
+problem: ``valid`` stays True. With a key, every segment must be keyed and
+check under it. Gap records that name another lane (``lane``) explain holes in
+that lane.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS, Chain
@@ -27,7 +35,7 @@ from cerbistream_spool.spool.record import (
 )
 from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_segments
 
-__all__ = ["PROBLEM_KINDS", "Problem", "VerifyReport", "verify"]
+__all__ = ["NOTICE_KINDS", "PROBLEM_KINDS", "Notice", "Problem", "VerifyReport", "verify"]
 
 PROBLEM_KINDS = (
     "checksum",
@@ -38,6 +46,7 @@ PROBLEM_KINDS = (
     "signature",
     "format",
 )
+NOTICE_KINDS = ("unclean-close",)
 _MAX_PROBLEMS = 10_000
 
 
@@ -54,6 +63,20 @@ class Problem:
 
 
 @dataclass
+class Notice:
+    """An expected state worth knowing (a crash), not damage; ``seq``/``ts_ns``: the lane's
+    last complete record."""
+
+    lane: int
+    segment: str
+    offset: int
+    seq: Optional[int]
+    kind: str
+    detail: str
+    ts_ns: Optional[int] = None
+
+
+@dataclass
 class VerifyReport:
     """What :func:`verify` found; ``valid`` is True when ``problems`` is empty."""
 
@@ -65,6 +88,7 @@ class VerifyReport:
     lanes: List[Dict[str, Any]] = field(default_factory=list)
     quarantined: List[str] = field(default_factory=list)
     gaps: List[Dict[str, Any]] = field(default_factory=list)
+    notices: List[Notice] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
@@ -83,6 +107,7 @@ class VerifyReport:
             "lanes": self.lanes,
             "quarantined": self.quarantined,
             "gaps": self.gaps,
+            "notices": [asdict(n) for n in self.notices],
         }
 
 
@@ -94,8 +119,12 @@ def verify(spool_dir: str, key: Optional[bytes] = None) -> VerifyReport:
             Problem(-1, "", 0, None, "format", f"{spool_dir} is not a directory")
         )
         return report
-    for lane in list_lanes(spool_dir):
-        _LaneCheck(spool_dir, lane, key, report).run()
+    covered: Dict[int, List[Tuple[int, int]]] = {}
+    checks = [_LaneCheck(spool_dir, lane, key, report, covered) for lane in list_lanes(spool_dir)]
+    for check in checks:
+        check.run()
+    for check in checks:  # a gap in any lane may explain a hole (a drainer's corruption gap)
+        check.report_holes(covered.get(check.lane, []))
     qdir = os.path.join(spool_dir, QUARANTINE_DIR)
     if os.path.isdir(qdir):
         report.quarantined = sorted(os.listdir(qdir))
@@ -105,7 +134,14 @@ def verify(spool_dir: str, key: Optional[bytes] = None) -> VerifyReport:
 class _LaneCheck:
     """Walks one lane's segments in order, keeping the chain state between them."""
 
-    def __init__(self, spool_dir: str, lane: int, key: Optional[bytes], report: VerifyReport):
+    def __init__(
+        self,
+        spool_dir: str,
+        lane: int,
+        key: Optional[bytes],
+        report: VerifyReport,
+        covered: Dict[int, List[Tuple[int, int]]],
+    ):
         self.lane = lane
         self.dir = lane_dir(spool_dir, lane)
         self.live = lane_is_live(spool_dir, lane)
@@ -116,7 +152,8 @@ class _LaneCheck:
         self.last: Optional[Record] = None  # last valid record seen at all
         self.resynced = False
         self.holes: List[Tuple[int, int, str]] = []
-        self.covered: List[Tuple[int, int]] = []
+        self.covered = covered  # lane -> seq ranges explained by gap records (every lane's)
+        self.torn: Optional[Tuple[str, int, str]] = None  # unclean end: segment, offset, detail
         self.cursor = Cursor(lane)
         self.cursor_found = False
         self.records = 0
@@ -153,6 +190,10 @@ class _LaneCheck:
             self.prev = None
             return
         header = decode_header(buf)
+        if len(buf) < HEADER_SIZE and is_last and not self.live:
+            # a crash between creating the file and writing its header; recovery removes it
+            self.torn = (name, 0, f"segment is {len(buf)} bytes, shorter than its header")
+            return
         if isinstance(header, str) or header.base_seq != base or header.lane != self.lane:
             detail = (
                 header
@@ -168,6 +209,11 @@ class _LaneCheck:
             return
         if header.keyed:
             self.report.signatures = "checked" if self.hmac else "unchecked"
+        elif self.hmac is not None:
+            # anyone can write an unkeyed chain: with a key, an unkeyed segment proves nothing
+            self.problem(
+                name, 0, base, "signature", "segment is not keyed (written without the key)"
+            )
         self.link_segment(name, base, header.anchor)
         anchor: Optional[bytes] = header.anchor
         offset = HEADER_SIZE
@@ -177,15 +223,21 @@ class _LaneCheck:
             if frame.status is FrameStatus.END:
                 return
             if frame.status is FrameStatus.TORN:
-                if not (is_last and self.live):
+                if is_last and not self.live:
+                    self.torn = (name, offset, frame.detail)
+                elif not is_last:
                     self.tail_reported = True
                     self.problem(name, offset, None, "truncated-tail", frame.detail)
                 return
             rec = decode_payload(frame.payload) if frame.status is FrameStatus.OK else frame.detail
             if isinstance(rec, str):
                 kind = "checksum" if frame.status is FrameStatus.CORRUPT else "format"
-                self.problem(name, offset, None, kind, rec)
                 resync = find_next_frame(buf, offset + 1)
+                if resync is None and is_last and not self.live:
+                    # a bad last frame with nothing valid after it: a torn tail (FORMAT.md §8)
+                    self.torn = (name, offset, rec)
+                    return
+                self.problem(name, offset, None, kind, rec)
                 if resync is None:
                     self.tail_reported = self.tail_reported or is_last
                     return
@@ -228,15 +280,18 @@ class _LaneCheck:
                 self.report.gaps.append({"lane": self.lane, "seq": rec.seq, **body})
                 first, last = body.get("first_seq"), body.get("last_seq")
                 # a dead-letter gap names a record that is still on disk (maybe in another
-                # lane): it explains no hole
+                # lane): it explains no hole; any other gap explains the range it names, in
+                # the lane it names (a drainer records corruption of lane X in its own lane)
                 explains_hole = body.get("reason") != "dead-letter"
+                target = body.get("lane", self.lane)
                 if (
                     explains_hole
+                    and isinstance(target, int)
                     and isinstance(first, int)
                     and isinstance(last, int)
                     and first <= last
                 ):
-                    self.covered.append((first, last))
+                    self.covered.setdefault(target, []).append((first, last))
         prev = self.prev
         if not self.resynced:
             if anchor is not None and rec.prev_hash != anchor:
@@ -270,11 +325,14 @@ class _LaneCheck:
 
     # -- lane end ---------------------------------------------------------------------------
 
+    def report_holes(self, covered: List[Tuple[int, int]]) -> None:
+        """Sequence ranges missing from this lane that no gap record (of any lane) explains."""
+        for lo, hi, name in self.holes:
+            if not _covered(lo, hi, covered):
+                self.problem(name, 0, lo, "missing-segment", f"records {lo}..{hi} are missing")
+
     def finish(self, segments: List[Tuple[int, str]]) -> None:
         last_name = os.path.basename(segments[-1][1]) if segments else ""
-        for lo, hi, name in self.holes:
-            if not _covered(lo, hi, self.covered):
-                self.problem(name, 0, lo, "missing-segment", f"records {lo}..{hi} are missing")
         acked = self.cursor.acked_seq
         if acked and not self.cursor_found:
             top = self.last.seq if self.last else 0
@@ -284,15 +342,8 @@ class _LaneCheck:
                 self.problem("cursor", 0, acked, "cursor", f"cursor seq {acked} is not in the lane")
         last = self.last
         unclosed = last is not None and last.kind != Kind.CLOSE
-        if unclosed and last is not None and not self.live and not self.tail_reported:
-            self.problem(
-                last_name,
-                0,
-                last.seq,
-                "truncated-tail",
-                f"lane ends at seq {last.seq} without a clean-close marker"
-                " (writer crashed or tail removed)",
-            )
+        if (unclosed or self.torn) and not self.live and not self.tail_reported:
+            self.unclean(last_name, last)
         self.report.records += self.records
         self.report.pending += self.pending
         self.report.lanes.append(
@@ -305,6 +356,29 @@ class _LaneCheck:
                 "live": self.live,
                 "last_seq": self.last.seq if self.last else None,
             }
+        )
+
+    def unclean(self, last_name: str, last: Optional[Record]) -> None:
+        """The lane ends the way a crash leaves it: a notice, not a problem."""
+        segment, offset, torn = self.torn or (last_name, 0, "")
+        if last is None:
+            detail = "lane holds no complete record"
+        else:
+            when = datetime.fromtimestamp(last.ts_ns / 1e9, timezone.utc).isoformat()
+            detail = f"last complete record is seq {last.seq} of {when}"
+        detail += "; no clean-close marker after it (writer crashed, or tail removed)"
+        if torn:
+            detail += f"; torn tail at offset {offset}: {torn}"
+        self.report.notices.append(
+            Notice(
+                self.lane,
+                segment,
+                offset,
+                last.seq if last else None,
+                "unclean-close",
+                detail,
+                last.ts_ns if last else None,
+            )
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -69,6 +70,7 @@ def test_any_single_byte_flip_is_reported_with_kind_and_place(
     try:
         flip(path, pos)
         found = kinds_at(spool)
+        found += [(n.kind, n.segment, n.offset) for n in verify(spool).notices]
     finally:
         with open(path, "wb") as fh:
             fh.write(backup)
@@ -77,16 +79,52 @@ def test_any_single_byte_flip_is_reported_with_kind_and_place(
         expected = ("format", name, 0)
     else:
         start = next(off for off, end, _ in layout if off <= pos < end)
-        expected = ("checksum", name, start)
+        # the last frame of the lane damaged, nothing valid after it: a torn tail (a crash)
+        torn = index == len(segs) - 1 and start == layout[-1][0]
+        expected = ("unclean-close" if torn else "checksum", name, start)
     assert expected in found, found
 
 
-def test_torn_last_frame_is_a_truncated_tail(spool: str) -> None:
+def notices_at(spool: str) -> list:
+    return [(n.kind, n.segment, n.offset, n.seq) for n in verify(spool).notices]
+
+
+def test_torn_last_frame_is_an_unclean_close_notice_not_a_problem(spool: str) -> None:
     path = segments(spool)[-1][1]
+    layout = frames(path)
+    start, end, _ = layout[-1]
+    with open(path, "r+b") as fh:
+        fh.truncate(end - 5)
+    report = verify(spool)
+    assert report.valid, report.problems
+    [notice] = report.notices
+    last = layout[-2][2]  # the last complete record
+    assert (notice.kind, notice.segment, notice.offset) == (
+        "unclean-close",
+        os.path.basename(path),
+        start,
+    )
+    assert (notice.seq, notice.ts_ns) == (last.seq, last.ts_ns)
+    assert f"seq {last.seq}" in notice.detail and "torn" in notice.detail
+
+
+def test_a_torn_frame_in_a_sealed_segment_stays_a_truncated_tail_problem(spool: str) -> None:
+    path = segments(spool)[1][1]
     start, end, _ = frames(path)[-1]
     with open(path, "r+b") as fh:
         fh.truncate(end - 5)
     assert ("truncated-tail", os.path.basename(path), start) in kinds_at(spool)
+
+
+def test_a_zeroed_last_frame_after_power_loss_is_a_torn_tail_notice(spool: str) -> None:
+    path = segments(spool)[-1][1]
+    start, end, _ = frames(path)[-1]
+    with open(path, "r+b") as fh:
+        fh.seek(start)
+        fh.write(bytes(end - start))
+    report = verify(spool)
+    assert report.valid, report.problems
+    assert [(n.kind, n.offset) for n in report.notices] == [("unclean-close", start)]
 
 
 def test_a_tail_cut_on_a_frame_boundary_misses_the_close_marker(spool: str) -> None:
@@ -94,9 +132,37 @@ def test_a_tail_cut_on_a_frame_boundary_misses_the_close_marker(spool: str) -> N
     start, _, rec = frames(path)[-1]
     with open(path, "r+b") as fh:
         fh.truncate(start)
-    problems = verify(spool).problems
-    assert [p.kind for p in problems] == ["truncated-tail"]
-    assert problems[0].seq == rec.seq - 1
+    report = verify(spool)
+    assert report.valid, report.problems
+    assert [(n.kind, n.seq) for n in report.notices] == [("unclean-close", rec.seq - 1)]
+
+
+def test_a_last_segment_shorter_than_its_header_is_a_crash_notice(spool: str) -> None:
+    path = segments(spool)[-1][1]
+    last_before = frames(segments(spool)[-2][1])[-1][2]
+    os.unlink(path)
+    with open(path, "wb") as fh:
+        fh.write(b"CERBI")  # killed while writing the header of a new segment
+    report = verify(spool)
+    assert report.valid, report.problems
+    assert notices_at(spool) == [("unclean-close", os.path.basename(path), 0, last_before.seq)]
+
+
+def test_cli_verify_strict_turns_an_unclean_close_into_exit_1(spool: str) -> None:
+    path = segments(spool)[-1][1]
+    start = frames(path)[-1][0]
+    with open(path, "r+b") as fh:
+        fh.truncate(start)
+    runner = CliRunner()
+    res = runner.invoke(main, ["verify", spool, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["valid"] is True and doc["problems"] == []
+    assert [n["kind"] for n in doc["notices"]] == ["unclean-close"]
+    assert set(doc["notices"][0]) == {"lane", "segment", "offset", "seq", "kind", "detail", "ts_ns"}
+    text = runner.invoke(main, ["verify", spool])
+    assert text.exit_code == 0 and "unclean-close" in text.output
+    assert runner.invoke(main, ["verify", spool, "--strict"]).exit_code == 1
 
 
 def _rewrite_without(path: str, index: int) -> tuple:
@@ -139,7 +205,9 @@ def test_a_deleted_first_segment_is_missing_when_not_acknowledged(spool: str) ->
 
 def test_a_deleted_last_segment_loses_the_close_marker(spool: str) -> None:
     os.unlink(segments(spool)[-1][1])
-    assert [k for k, _, _ in kinds_at(spool)] == ["truncated-tail"]
+    report = verify(spool)
+    assert report.valid, report.problems
+    assert [n.kind for n in report.notices] == ["unclean-close"]
 
 
 def test_swapped_segment_files_are_a_format_problem(spool: str) -> None:
@@ -255,8 +323,10 @@ def test_verify_never_crashes_on_arbitrary_bytes(
             fh.write(blob)
     report = verify(spool)
     report.to_dict()
-    if where == "new-lane" or where == "segment":
+    if where == "segment":
         assert not report.valid
+    if where == "new-lane":  # a short file may be a crash while creating the segment
+        assert not report.valid or [n.lane for n in report.notices] == [7]
 
 
 def test_cli_verify_exit_codes_and_json(spool: str, tmp_path) -> None:
@@ -311,10 +381,77 @@ def test_a_damaged_length_field_mid_segment_is_a_checksum_problem_not_a_torn_tai
     assert {k for k, _, _ in found} == {"checksum"}
 
 
-def test_turning_signing_on_starts_a_new_segment_and_both_verify(spool_dir: str) -> None:
+def test_turning_signing_on_starts_a_new_segment_and_the_unkeyed_one_is_a_signature_problem(
+    spool_dir: str,
+) -> None:
     build(spool_dir, 5)
     build(spool_dir, 5, SpoolConfig(fsync="never", signing_key=b"k"))
     assert len(segments(spool_dir)) == 2
+    assert verify(spool_dir).valid  # without the key: the links hold across the change
     report = verify(spool_dir, key=b"k")
-    assert report.valid, report.problems
+    assert [(p.kind, p.segment) for p in report.problems] == [
+        ("signature", os.path.basename(segments(spool_dir)[0][1]))
+    ]
     assert report.signatures == "checked"
+    reader = SpoolReader(spool_dir)  # delivered and unlinked: only keyed segments remain
+    reader.ack(next(reader.batches(max_records=9)))
+    assert verify(spool_dir, key=b"k").valid
+
+
+def _downgrade(path: str) -> None:
+    """Forge a keyed segment without the key: edit a record, clear the keyed flag in the
+    header and recompute a plain SHA-256 chain over every record."""
+    data = bytearray(read_bytes(path))
+    flags_at = 10
+    struct.pack_into("<H", data, flags_at, 0)
+    struct.pack_into("<I", data, 64, zlib.crc32(bytes(data[:64])))
+    prev = bytes(data[32:64])  # the anchor
+    out = bytes(data[:HEADER_SIZE])
+    for index, (_, _, rec) in enumerate(frames(path)):
+        body = rec.body
+        if index == 1:
+            event = msgpack.unpackb(body, raw=False)
+            event["message"] = "forged"
+            body = msgpack.packb(event, use_bin_type=True)
+        canonical = struct.pack("<QBq", rec.seq, rec.kind, rec.ts_ns) + body
+        digest = hashlib.sha256(prev + canonical).digest()
+        fields = [rec.seq, rec.kind, rec.ts_ns, prev, digest, body]
+        payload = msgpack.packb(fields, use_bin_type=True)
+        head = struct.pack("<I", len(payload))
+        out += head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + head
+        prev = digest
+    with open(path, "wb") as fh:
+        fh.write(out)
+
+
+def test_a_downgraded_keyed_lane_fails_verify_with_the_key(spool_dir: str) -> None:
+    key = b"k" * 32
+    build(spool_dir, 5, SpoolConfig(fsync="never", signing_key=key))
+    [(_, path)] = segments(spool_dir)
+    _downgrade(path)
+    assert verify(spool_dir).valid  # a consistent unkeyed chain: without the key it holds
+    problems = verify(spool_dir, key=key).problems
+    assert [(p.kind, p.segment) for p in problems] == [("signature", os.path.basename(path))]
+
+
+def test_a_keyed_writer_never_appends_to_an_empty_unkeyed_segment(spool_dir: str) -> None:
+    """A crash right after an unkeyed writer created a segment, then the key is configured:
+    the keyed writer must not write keyed records under that unkeyed header."""
+    build(spool_dir, 3)
+    [(_, first)] = segments(spool_dir)
+    data = read_bytes(first)
+    last = frames(first)[-1][2]
+    header = bytearray(data[:HEADER_SIZE])
+    base = last.seq + 1
+    struct.pack_into("<Q", header, 16, base)
+    header[32:64] = last.hash
+    struct.pack_into("<I", header, 64, zlib.crc32(bytes(header[:64])))
+    empty = os.path.join(os.path.dirname(first), f"{base:020d}.seg")
+    with open(empty, "wb") as fh:
+        fh.write(bytes(header))  # an unkeyed segment holding only its header
+    key = b"k" * 32
+    build(spool_dir, 3, SpoolConfig(fsync="never", signing_key=key))
+    for _, path in segments(spool_dir)[1:]:
+        assert read_bytes(path)[10] & 1, f"{path} holds keyed records under an unkeyed header"
+    problems = verify(spool_dir, key=key).problems
+    assert [(p.kind, p.segment) for p in problems] == [("signature", os.path.basename(first))]

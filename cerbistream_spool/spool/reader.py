@@ -6,8 +6,14 @@ the active segment up to its last complete record. ``ack`` persists the cursor
 (temp, fsync, rename, fsync dir) and only then unlinks fully acknowledged
 segments; a lane with nothing pending and no live writer is removed.
 
-Corruption met while reading is skipped (resync to the next valid frame) and
-recorded in :attr:`SpoolReader.problems`; it never stops the reader.
+Corruption is never skipped silently. Every bad frame or header goes into
+:attr:`SpoolReader.problems`; when valid records follow it (in the same
+segment or a newer one), the reader resynchronises past it and the batch that
+carries the next records also carries a :class:`Damage` (segment, byte range,
+the sequence numbers lost as best known from the valid neighbours), so the
+caller can keep the segment for salvage and record the loss *before* acking
+past it. Damage at the very end of a lane's newest segment stops the reader
+there (a torn write the writer's recovery settles).
 """
 
 from __future__ import annotations
@@ -33,18 +39,44 @@ from cerbistream_spool.spool.record import (
 )
 from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_segments
 
-__all__ = ["Batch", "SpoolReader", "oldest_pending_ns", "pending_events"]
+__all__ = ["Batch", "Damage", "SpoolReader", "oldest_pending_ns", "pending_events"]
 
 _MAX_PROBLEMS = 1000
 _REMOVING = ".removing-"
 
 
+class Damage(NamedTuple):
+    """Bytes of a segment the reader could not use, and the records lost with them.
+
+    ``first_seq..last_seq``: from the previous valid record's seq + 1 to the next
+    valid record's seq - 1 (or the next segment's base - 1).
+    """
+
+    lane: int
+    segment: str  # path of the damaged segment
+    start: int  # offset of the first bad byte
+    end: int  # offset where valid data resumes (the file size if it never does)
+    first_seq: int
+    last_seq: int
+    detail: str
+
+    @property
+    def lost(self) -> int:
+        """Records lost (0 when the damaged bytes held no record of the chain)."""
+        return max(0, self.last_seq - self.first_seq + 1)
+
+
 class Batch(NamedTuple):
-    """Consecutive records of one lane; ack it to advance that lane's cursor."""
+    """Consecutive records of one lane; ack it to advance that lane's cursor.
+
+    ``damage``: what the reader had to step over to reach these records; the
+    ack moves the cursor past it.
+    """
 
     lane: int
     records: List[Record]
     nbytes: int
+    damage: Tuple[Damage, ...] = ()
 
     @property
     def first_seq(self) -> int:
@@ -68,6 +100,8 @@ class _Position:
     offset: int = HEADER_SIZE
     last_read: int = 0  # highest seq handed out
     exhausted: bool = False  # at the end of the newest segment
+    prev_seq: int = 0  # seq of the last valid record seen in the segment being read
+    damage: List[Damage] = field(default_factory=list)  # stepped over, not yet in a batch
 
 
 @dataclass
@@ -78,6 +112,7 @@ class SpoolReader:
     remove_idle_lanes: bool = True
     lanes: Optional[Set[int]] = None  # read only these lanes (None: all)
     from_start: bool = False  # ignore cursors: everything still on disk (``tail --all``)
+    unlink_acked: bool = True  # False: ack only moves the cursor (a replayed copy keeps all)
     problems: List[Dict[str, Any]] = field(default_factory=list)
     _pos: Dict[int, _Position] = field(default_factory=dict)
     _next_lane: int = 0
@@ -125,6 +160,8 @@ class SpoolReader:
         ldir = lane_dir(self.spool_dir, batch.lane)
         pos.acked = Cursor(batch.lane, last.seq, last.hash)
         write_cursor(ldir, pos.acked)
+        if not self.unlink_acked:
+            return
         segments = list_segments(ldir)
         removed = False
         for (_, path), (next_base, _) in zip(segments, segments[1:]):
@@ -163,24 +200,31 @@ class SpoolReader:
             if pos.base is None or pos.base not in bases:
                 # first visit, or the segment was deleted: start at the one holding last_read+1
                 pos.base = _segment_for(bases, pos.last_read + 1)
-                pos.offset = HEADER_SIZE
+                pos.offset, pos.prev_seq = HEADER_SIZE, pos.base - 1
             idx = bases.index(pos.base)
-            newer = idx + 1 < len(bases)
+            next_base = bases[idx + 1] if idx + 1 < len(bases) else None
             path = segments[idx][1]
             more, used = self._scan(
-                lane, path, pos, records, max_records=max_records, max_bytes=max_bytes - nbytes
+                lane,
+                path,
+                pos,
+                records,
+                next_base,
+                max_records=max_records,
+                max_bytes=max_bytes - nbytes,
             )
             nbytes += used
             if more:
                 continue
-            if newer:
-                pos.base, pos.offset = bases[idx + 1], HEADER_SIZE
+            if next_base is not None:
+                pos.base, pos.offset, pos.prev_seq = next_base, HEADER_SIZE, next_base - 1
                 continue
             pos.exhausted = True
             break
         if not records:
-            return None
-        return Batch(lane, records, nbytes)
+            return None  # damage stepped over so far rides with the next batch
+        damage, pos.damage = tuple(pos.damage), []
+        return Batch(lane, records, nbytes, damage)
 
     def _scan(
         self,
@@ -188,11 +232,15 @@ class SpoolReader:
         path: str,
         pos: _Position,
         out: List[Record],
+        next_base: Optional[int],
         *,
         max_records: int,
         max_bytes: int,
     ) -> Tuple[bool, int]:
-        """Append records of one segment to ``out``; (a limit stopped us, payload bytes read)."""
+        """Append records of one segment to ``out``; (a limit stopped us, payload bytes read).
+
+        ``next_base``: base of the next segment of the lane, None for the newest one.
+        """
         used = 0
         try:
             fh = open(path, "rb")  # noqa: SIM115 — closed below, mmap needs the descriptor
@@ -201,28 +249,47 @@ class SpoolReader:
         with fh:
             size = os.fstat(fh.fileno()).st_size
             if size < HEADER_SIZE:
+                if next_base is not None:
+                    detail = f"segment is {size} bytes, shorter than its header"
+                    self._damaged(lane, path, pos, 0, size, next_base - 1, "format", detail)
                 return False, used
             with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as buf:
                 if pos.offset == HEADER_SIZE:
                     header = decode_header(buf[:HEADER_SIZE])
                     if isinstance(header, str):
-                        self._problem(lane, path, 0, "format", header)
+                        if next_base is None:
+                            self._problem(lane, path, 0, "format", header)
+                        else:
+                            self._damaged(lane, path, pos, 0, size, next_base - 1, "format", header)
                         return False, used
                 while len(out) < max_records and used < max_bytes:
                     frame = read_frame(buf, pos.offset)
                     if frame.status is FrameStatus.OK:
                         rec = decode_payload(frame.payload)
                         if isinstance(rec, Record):
-                            pos.offset = frame.end
+                            pos.offset, pos.prev_seq = frame.end, rec.seq
                             if rec.seq > pos.last_read:
                                 pos.last_read = rec.seq
                                 out.append(rec)
                                 used += len(frame.payload)
                             continue
                         frame = frame._replace(status=FrameStatus.CORRUPT, detail=rec)
+                    if frame.status is FrameStatus.TORN and next_base is not None:
+                        frame = frame._replace(status=FrameStatus.CORRUPT)  # sealed: damage
                     if frame.status is FrameStatus.CORRUPT:
                         resync = find_next_frame(buf, pos.offset + 1)
-                        self._problem(lane, path, pos.offset, "checksum", frame.detail)
+                        if resync is None:
+                            if next_base is None:  # the newest segment's tail: do not pass it
+                                self._problem(lane, path, pos.offset, "checksum", frame.detail)
+                                return False, used
+                            last, end = next_base - 1, size
+                        else:
+                            following = decode_payload(read_frame(buf, resync).payload)
+                            assert isinstance(following, Record)  # find_next_frame checked it
+                            last, end = following.seq - 1, resync
+                        self._damaged(
+                            lane, path, pos, pos.offset, end, last, "checksum", frame.detail
+                        )
                         if resync is None:
                             return False, used
                         pos.offset = resync
@@ -230,9 +297,26 @@ class SpoolReader:
                     return False, used  # END, or TORN: the writer has not finished this frame
                 return True, used
 
+    def _damaged(
+        self,
+        lane: int,
+        path: str,
+        pos: _Position,
+        start: int,
+        end: int,
+        last_seq: int,
+        kind: str,
+        detail: str,
+    ) -> None:
+        """Report bytes the reader steps over; records not yet handed out become a Damage."""
+        self._problem(lane, path, start, kind, detail)
+        first = max(pos.prev_seq, pos.last_read) + 1
+        if last_seq >= first:
+            pos.damage.append(Damage(lane, path, start, end, first, last_seq, detail))
+
     def _remove_if_idle(self, lane: int) -> None:
         pos = self._pos.get(lane)
-        if pos is None or not pos.exhausted or pos.acked.acked_seq < pos.last_read:
+        if pos is None or not pos.exhausted or pos.acked.acked_seq < pos.last_read or pos.damage:
             return
         lock = owner_lock(self.spool_dir, lane)
         if lock is None:

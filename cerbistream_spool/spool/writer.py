@@ -111,12 +111,12 @@ class SpoolWriter:
                 # signing changed (key set or removed): the segment stays as it was signed,
                 # new records start a segment whose header says how they are chained
                 self._sealed.append((base, path, size))
-            elif size > HEADER_SIZE or base == self._next_seq:
+            elif header.flags == self._flags and (size > HEADER_SIZE or base == self._next_seq):
                 self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
                 self._seg_base, self._seg_path, self._seg_size = base, path, size
                 self._seg_created_ns = header.created_ns
                 self._seg_records = 1 if base < self._next_seq else 0
-            else:  # an empty segment whose base no longer fits the chain (or its signing)
+            else:  # an empty segment whose base or signing no longer fits the chain
                 os.unlink(path)
                 fsync_dir(self._dir)
         self._refresh_sizes(force=True)
