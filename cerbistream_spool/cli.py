@@ -157,10 +157,8 @@ def _replay(spool_dir: str, report: VerifyReport, to_file: Optional[str], queue:
             pass
     transport = JsonlTransport(to_file) if to_file else _transport(None, queue)
     bad = {p.lane for p in report.problems}
-    drainer = Drainer(spool_dir, transport, record_losses=False)
+    drainer = Drainer(spool_dir, transport, replay=True)
     drainer.reader.lanes = {ln["lane"] for ln in report.lanes} - bad
-    drainer.reader.remove_idle_lanes = False
-    drainer.reader.unlink_acked = False
     try:
         drainer.drain_until_idle(timeout=300)
     finally:

@@ -88,11 +88,12 @@ class Drainer:
         idle_poll_s: float = 1.0,
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 30.0,
-        record_losses: bool = True,
+        replay: bool = False,
     ) -> None:
-        """``record_losses=False`` (replaying a copied spool): dead letters and damage are
-        counted and reported in ``last_error`` but no gap lane, quarantine copy or other
-        lane is written into the spool."""
+        """``replay=True`` ships a copied spool and writes nothing into it but cursors (and
+        ``locks/drain.lock``): no lane is removed, no acknowledged segment unlinked, no
+        status file, gap lane or quarantine copy written; dead letters still go to
+        ``deadletter/``, and losses are counted and reported in ``last_error``."""
         self.spool_dir = os.path.abspath(spool_dir)
         self.transport = transport
         self.reader = SpoolReader(self.spool_dir)
@@ -109,7 +110,10 @@ class Drainer:
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._stats = DrainStats()
-        self.record_losses = record_losses
+        self.replay = replay
+        if replay:
+            self.reader.remove_idle_lanes = False
+            self.reader.unlink_acked = False
         self._loss_note: Optional[str] = None  # stays in last_error once data was lost
         self._published: Dict[str, Any] = {}
         self._published_at = 0.0
@@ -175,9 +179,9 @@ class Drainer:
         name = os.path.basename(damage.segment)
         where = f"lane {damage.lane} segment {name} bytes {damage.start}..{damage.end}"
         lost = f"{damage.lost} record(s) seq {damage.first_seq}..{damage.last_seq}"
-        copy = self._quarantine_copy(damage) if self.record_losses else None
+        copy = self._quarantine_copy(damage) if not self.replay else None
         detail = f"{where}: {damage.detail}" + (f"; copy in {copy}" if copy else "")
-        if self.record_losses and damage.lost:
+        if not self.replay and damage.lost:
             gap = {
                 "reason": "corruption",
                 "count": damage.lost,
@@ -227,7 +231,7 @@ class Drainer:
             os.path.join(directory, f"{lane:04d}-{seq:020d}.json"), json.dumps(doc).encode()
         )
         self._stats.dead_lettered += 1
-        if not self.record_losses:
+        if self.replay:
             return
         gap = {
             "reason": "dead-letter",
@@ -279,6 +283,8 @@ class Drainer:
 
     def _publish(self) -> None:
         """Share counters with ``cerbispool status`` (at most once a second, or on news)."""
+        if self.replay:
+            return  # a replay leaves the copied spool as it was
         doc = self.stats()
         now = time.monotonic()
         if doc == self._published or (

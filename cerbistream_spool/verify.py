@@ -48,6 +48,7 @@ PROBLEM_KINDS = (
 )
 NOTICE_KINDS = ("unclean-close",)
 _MAX_PROBLEMS = 10_000
+_VANISHED_RETRIES = 5
 
 
 @dataclass
@@ -120,15 +121,44 @@ def verify(spool_dir: str, key: Optional[bytes] = None) -> VerifyReport:
         )
         return report
     covered: Dict[int, List[Tuple[int, int]]] = {}
-    checks = [_LaneCheck(spool_dir, lane, key, report, covered) for lane in list_lanes(spool_dir)]
-    for check in checks:
-        check.run()
+    checks = [_check_lane(spool_dir, lane, key, report, covered) for lane in list_lanes(spool_dir)]
     for check in checks:  # a gap in any lane may explain a hole (a drainer's corruption gap)
         check.report_holes(covered.get(check.lane, []))
     qdir = os.path.join(spool_dir, QUARANTINE_DIR)
     if os.path.isdir(qdir):
         report.quarantined = sorted(os.listdir(qdir))
     return report
+
+
+def _check_lane(
+    spool_dir: str,
+    lane: int,
+    key: Optional[bytes],
+    report: VerifyReport,
+    covered: Dict[int, List[Tuple[int, int]]],
+) -> _LaneCheck:
+    """Check one lane into ``report``. A drainer acking the lane meanwhile (cursor first, then
+    unlinking segments) can make a listed segment vanish: the lane is then checked again."""
+    for _ in range(_VANISHED_RETRIES):
+        scratch = VerifyReport(signatures=report.signatures)
+        ranges: Dict[int, List[Tuple[int, int]]] = {}
+        check = _LaneCheck(spool_dir, lane, key, scratch, ranges)
+        check.run()
+        if not check.vanished:
+            break
+    room = max(0, _MAX_PROBLEMS - len(report.problems))
+    report.problems += scratch.problems[:room]
+    report.notices += scratch.notices
+    report.gaps += scratch.gaps
+    report.lanes += scratch.lanes
+    report.records += scratch.records
+    report.segments += scratch.segments
+    report.pending += scratch.pending
+    report.signatures = scratch.signatures
+    for target, found in ranges.items():
+        covered.setdefault(target, []).extend(found)
+    check.report = report  # report_holes() adds to the real report
+    return check
 
 
 class _LaneCheck:
@@ -159,6 +189,7 @@ class _LaneCheck:
         self.records = 0
         self.pending = 0
         self.tail_reported = False
+        self.vanished = False  # a listed segment was gone when opened (unlinked after an ack)
 
     def problem(
         self, segment: str, offset: int, seq: Optional[int], kind: str, detail: str
@@ -175,6 +206,8 @@ class _LaneCheck:
         segments = list_segments(self.dir)
         for index, (base, path) in enumerate(segments):
             self.segment(base, path, is_last=index == len(segments) - 1)
+        if read_cursor(self.dir, self.lane) != found:
+            self.vanished = True  # acked meanwhile: what we listed may no longer be the lane
         self.finish(segments)
 
     # -- one segment ----------------------------------------------------------------------
@@ -185,6 +218,11 @@ class _LaneCheck:
         try:
             with open(path, "rb") as fh:
                 buf = fh.read()
+        except FileNotFoundError as exc:
+            self.vanished = True
+            self.problem(name, 0, None, "format", f"unreadable: {exc}")
+            self.prev = None
+            return
         except OSError as exc:
             self.problem(name, 0, None, "format", f"unreadable: {exc}")
             self.prev = None

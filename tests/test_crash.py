@@ -4,7 +4,8 @@ A child process (``tools/soak_spool.py child``, loaded through
 tests/spool_child.py) appends events and prints each returned seq and event
 id, line-flushed. CONTRACT §4: a returned append is in the OS in every fsync
 mode, so SIGKILL must lose none of them. After each kill the test process
-re-opens the spool (recovery), closes it, and checks: ``verify`` clean, no
+checks that ``verify`` is clean right away (an unclean close is a notice),
+then re-opens the spool (recovery), closes it, and checks: ``verify`` clean, no
 gap records, every reported event present exactly once at its reported seq,
 the lane's records contiguous from seq 1 and hash-linked from genesis.
 
@@ -56,6 +57,14 @@ def reopen(spool: Path, mode: str = "always") -> List[str]:
         writer.close()
 
 
+def assert_verifies_after_kill(spool: Path) -> None:
+    """Right after a kill, before anything reopens the spool: the crash state verifies
+    (an unclean close is a notice, not a problem)."""
+    report = verify(str(spool))
+    assert report.valid, [f"{p.kind} {p.segment}@{p.offset}: {p.detail}" for p in report.problems]
+    assert all(n.kind == "unclean-close" for n in report.notices), report.notices
+
+
 def assert_intact(spool: Path, reported: Dict[str, soak.Where]) -> soak.Check:
     """verify clean, no gaps, every reported event once at its seq, lane 0 chained from 1."""
     check = soak.check_spool(str(spool), reported)
@@ -79,6 +88,7 @@ def test_kill9_at_random_moments_loses_no_returned_append(tmp_path: Path, mode: 
             returncode = child.finish(timeout=30.0)
         assert returncode == KILLED, child.describe()
         reported.update(child.reported)
+        assert_verifies_after_kill(spool)
         reopen(spool, mode)
         check = assert_intact(spool, reported)
         assert check.found == len(reported)
@@ -106,6 +116,7 @@ def test_kill_at_every_step_of_the_first_open(tmp_path: Path) -> None:
             break
         assert returncode == KILLED, child.describe()
         assert "LANE" not in [line.split(" ")[0] for line in child.lines]
+        assert_verifies_after_kill(spool)
         with SpoolWriter(str(spool), CONFIG["always"]) as writer:
             assert writer.lane == 0
             seq = writer.append({"id": "after", "tag": "test"})
@@ -125,6 +136,7 @@ def test_kill_at_random_moments_of_the_first_open(tmp_path: Path) -> None:
         with soak.Child(str(spool), mode="interval", tag=f"t{trial}", plan=plan) as child:
             returncode = child.finish(timeout=30.0)
         assert returncode == KILLED, child.describe()
+        assert_verifies_after_kill(spool)
         with SpoolWriter(str(spool), CONFIG["interval"]) as writer:
             assert writer.lane == 0
             seq = writer.append({"id": "after", "tag": "test"})
@@ -151,6 +163,7 @@ def test_kill_at_every_step_of_a_rotation(tmp_path: Path) -> None:
             break
         assert returncode == KILLED, child.describe()
         assert child.reported, "killed before the first rotation"
+        assert_verifies_after_kill(spool)
         reopen(spool, "interval")
         assert_intact(spool, reported)
     else:
@@ -169,6 +182,7 @@ def test_kill_at_every_step_of_a_recovery(tmp_path: Path) -> None:
     plan = soak.KillPlan("records", records=150)
     with soak.Child(str(spool), mode="always", tag="crashed", plan=plan) as child:
         assert child.finish(timeout=30.0) == KILLED, child.describe()
+    assert_verifies_after_kill(spool)
     reported = dict(child.reported)
     for step in range(1, MAX_STEPS):
         with soak.Child(
@@ -188,6 +202,7 @@ def test_kill_at_every_step_of_a_recovery(tmp_path: Path) -> None:
         assert returncode == KILLED, child.describe()
         copy = tmp_path / f"copy{step}"
         shutil.copytree(spool, copy)
+        assert_verifies_after_kill(copy)
         reopen(copy)
         assert_intact(copy, reported)
     else:

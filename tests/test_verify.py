@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import zlib
 
@@ -14,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spool_child import soak
 from spoolkit import SMALL, build, flip, frames, read_bytes, segments, size
 
 from cerbistream_spool import verify
@@ -21,6 +23,7 @@ from cerbistream_spool.cli import main
 from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
 from cerbistream_spool.spool.cursor import Cursor, write_cursor
 from cerbistream_spool.spool.lanes import lane_dir
+from cerbistream_spool.spool.record import Kind, encode_body
 from cerbistream_spool.spool.segments import HEADER_SIZE
 
 N = 90  # events: enough for several 4 KiB segments
@@ -455,3 +458,75 @@ def test_a_keyed_writer_never_appends_to_an_empty_unkeyed_segment(spool_dir: str
         assert read_bytes(path)[10] & 1, f"{path} holds keyed records under an unkeyed header"
     problems = verify(spool_dir, key=key).problems
     assert [(p.kind, p.segment) for p in problems] == [("signature", os.path.basename(first))]
+
+
+def test_a_gap_in_another_lane_naming_this_lane_explains_its_hole(spool_dir: str) -> None:
+    """A drainer records corruption of lane 0 in its own lane; verify counts that range as
+    explained in lane 0. A dead-letter gap names a record still on disk: it explains none."""
+    first, other = SpoolWriter(spool_dir, SMALL), SpoolWriter(spool_dir, SMALL)
+    assert (first.lane, other.lane) == (0, 1)
+    for i in range(90):
+        first.append({"i": i, "pad": "x" * 40})
+    first.close()
+    segs = segments(spool_dir, 0)
+    os.unlink(segs[1][1])
+    lo, hi = segs[1][0], segs[2][0] - 1
+    assert [p.kind for p in verify(spool_dir).problems] == ["missing-segment"]
+    gap = {"reason": "dead-letter", "count": 1, "first_seq": lo, "last_seq": lo, "lane": 0}
+    other.append_body(encode_body({**gap, "detail": "x"}), Kind.GAP)
+    assert [p.kind for p in verify(spool_dir).problems] == ["missing-segment"]
+    gap = {"reason": "corruption", "count": hi - lo + 1, "first_seq": lo, "last_seq": hi}
+    other.append_body(encode_body({**gap, "lane": 0, "detail": "quarantined"}), Kind.GAP)
+    other.close()
+    report = verify(spool_dir)
+    assert report.valid, report.problems
+
+
+def test_replay_of_a_spool_copied_off_a_crashed_device_ships_every_complete_record(
+    tmp_path, spool_dir: str
+) -> None:
+    """kill -9 of a real writer: verify says unclean-close (exit 0), --replay ships every
+    event it reported, and writes nothing into the copy but the cursor."""
+    plan = soak.KillPlan("records", records=150)
+    with soak.Child(spool_dir, mode="interval", tag="crashed", plan=plan) as child:
+        assert child.finish(timeout=30.0) == -signal.SIGKILL, child.describe()
+    assert len(child.reported) >= 150
+    before = _tree(spool_dir)
+    out_file = tmp_path / "replayed.jsonl"
+    runner = CliRunner()
+    res = runner.invoke(main, ["verify", spool_dir, "--json", "--replay", "--to", str(out_file)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["valid"] is True, doc["problems"]
+    [notice] = doc["notices"]
+    assert notice["kind"] == "unclean-close" and notice["ts_ns"] > 0
+    shipped = [json.loads(ln)["id"] for ln in out_file.read_text("utf-8").splitlines()]
+    assert set(child.reported) <= set(shipped)
+    assert len(shipped) == len(set(shipped)) == doc["pending"] == doc["replayed"]
+    after = _tree(spool_dir)
+    changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    assert changed == {"lanes/0000/cursor", "locks/drain.lock"}, changed
+    again = runner.invoke(main, ["verify", spool_dir, "--json", "--replay", "--to", str(out_file)])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["replayed"] == 0  # nothing is sent twice
+    assert json.loads(again.output)["pending"] == 0
+
+
+def test_replay_to_a_file_creates_it_even_when_nothing_is_pending(spool_dir: str, tmp_path) -> None:
+    build(spool_dir, 1)
+    reader = SpoolReader(spool_dir, remove_idle_lanes=False)
+    reader.ack(next(reader.batches()))
+    out_file = tmp_path / "none.jsonl"
+    res = CliRunner().invoke(main, ["verify", spool_dir, "--replay", "--to", str(out_file)])
+    assert res.exit_code == 0, res.output
+    assert out_file.read_text() == ""
+
+
+def _tree(root: str) -> dict:
+    """Every file under ``root`` by relative path -> its bytes."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, root)] = read_bytes(path)
+    return out

@@ -28,7 +28,8 @@ Then the chaos stops: the peer is healed, the writers are asked to stop
   peer at least once (by ``RawPayload.soak_id`` in the accepted bodies);
 - every copy of a MessageId has a byte-identical body, MessageId = body LogId,
   and one soak_id never travels under two LogIds (a record spooled twice);
-- ``verify(spool)`` is clean and nothing is left pending;
+- ``verify(spool)`` is clean right after every writer kill (the killed lane's
+  unclean end is a notice), and at the end, with nothing left pending;
 - a lost record is explained only by the spool's own loss records: a dead-letter
   file under ``deadletter/`` holding its body, or a ``gap`` record covering its
   (lane, seq). None are expected.
@@ -191,6 +192,7 @@ def child_env() -> Dict[str, str]:
 class Counts:
     writer_kills: int = 0
     writer_starts: int = 0
+    verifies_after_kill: int = 0
     drainer_kills: int = 0
     drainer_starts: int = 0
     peer_restarts: int = 0
@@ -251,7 +253,17 @@ class Soak:
         rc = self.reap(proc, timeout=15.0)
         if rc != -signal.SIGKILL:
             self.failures.append(f"writer exited by itself: {proc.describe()}")
+        self.verify_after_kill(proc.tag)
         self.start_writer(slot)
+
+    def verify_after_kill(self, tag: str) -> None:
+        """The spool verifies right after a kill (the killed lane's unclean end is a notice),
+        while the other writers and the drainer go on."""
+        from cerbistream_spool import verify  # noqa: PLC0415
+
+        report = verify(self.spool_dir)
+        self.counts.verifies_after_kill += 1
+        self.failures += [f"verify after killing {tag}: {p}" for p in report.problems[:5]]
 
     def kill_drainer(self) -> None:
         proc = self.drainer

@@ -11,7 +11,8 @@ returned seq with the event's unique id, one flushed line each; CONTRACT §4
 says a returned append is in the OS, so a ``kill -9`` must not lose it. The
 parent SIGKILLs each child at a random moment from a seeded RNG — during
 start-up, right after it announces the open (lane lock, recovery, first
-segment), or after it reported k records — reaps it, re-opens every lane in
+segment), or after it reported k records — reaps it, checks that ``verify`` is
+clean right away (an unclean close is a notice), re-opens every lane in
 process (recovery) and closes it, then checks: ``verify`` clean, no gap
 records, every reported event present exactly once at the reported
 (lane, seq), each lane's records contiguous and hash-linked. By default the
@@ -582,6 +583,8 @@ def soak_main(argv: Sequence[str]) -> int:
                 failures.append(f"unexpected exit: {child.describe()}")
             reported.update(child.reported)
         reported_total += len(reported)
+        killed = verify(spool_dir)  # the crash state itself verifies: a notice, not a problem
+        failures += [f"cycle {cycles}: verify right after the kill: {p}" for p in killed.problems]
         try:
             notes = recover_lanes(spool_dir, config)
             recovered_notes += sum(1 for lane_notes in notes.values() if lane_notes)
