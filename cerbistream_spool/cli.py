@@ -168,6 +168,8 @@ def _replay(spool_dir: str, report: VerifyReport, to_file: Optional[str], queue:
 
 def _print_report(spool_dir: str, report: VerifyReport) -> None:
     state = "intact" if report.valid else f"{len(report.problems)} problem(s)"
+    if report.notices:
+        state += f", {len(report.notices)} notice(s)"
     click.echo(
         f"{spool_dir}: {state}; {report.records} records in {report.segments} segments,"
         f" {report.pending} pending, signatures {report.signatures}"

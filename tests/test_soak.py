@@ -65,6 +65,7 @@ def test_short_soak_loses_nothing_and_verifies(tmp_path: Path) -> None:
     assert fields["failures"] == "0"
     # the chaos really happened, and records really flowed through it
     assert int(fields["writer_kills"]) > 0
+    assert int(fields["verifies_after_kill"]) >= int(fields["writer_kills"])  # each one clean
     assert int(fields["drainer_kills"]) + int(fields["peer_restarts"]) > 0
     assert int(fields["emitted"]) > 100
     assert int(fields["delivered_unique"]) >= int(fields["emitted"])

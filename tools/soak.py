@@ -562,6 +562,7 @@ def soak_main(argv: Sequence[str]) -> int:
         "seconds": f"{args.seconds:g}",
         "seed": args.seed,
         "writer_kills": c.writer_kills,
+        "verifies_after_kill": c.verifies_after_kill,
         "drainer_kills": c.drainer_kills,
         "peer_restarts": c.peer_restarts,
         "busy_toggles": c.busy_toggles,
