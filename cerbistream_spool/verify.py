@@ -404,7 +404,8 @@ class _LaneCheck:
         else:
             when = datetime.fromtimestamp(last.ts_ns / 1e9, timezone.utc).isoformat()
             detail = f"last complete record is seq {last.seq} of {when}"
-        detail += "; no clean-close marker after it (writer crashed, or tail removed)"
+        if last is None or last.kind != Kind.CLOSE:
+            detail += "; no clean-close marker after it (writer crashed, or tail removed)"
         if torn:
             detail += f"; torn tail at offset {offset}: {torn}"
         self.report.notices.append(
