@@ -230,8 +230,8 @@ class Drainer:
         atomic_write(
             os.path.join(directory, f"{lane:04d}-{seq:020d}.json"), json.dumps(doc).encode()
         )
-        self._stats.dead_lettered += 1
         if self.replay:
+            self._stats.dead_lettered += 1
             return
         gap = {
             "reason": "dead-letter",
@@ -242,6 +242,7 @@ class Drainer:
             "detail": reason,
         }
         self._gap_writer().append_body(encode_body(gap), Kind.GAP)
+        self._stats.dead_lettered += 1
 
     def _gap_writer(self) -> SpoolWriter:
         if self._writer is not None and not self._writer.closed:
