@@ -14,6 +14,7 @@ import click
 
 from cerbistream_spool.handler import CONNECTION_ENV, DEFAULT_QUEUE
 from cerbistream_spool.spool.chain import ENV_KEY
+from cerbistream_spool.spool.lanes import lane_dir
 from cerbistream_spool.spool.reader import SpoolReader
 from cerbistream_spool.status import status as spool_status
 from cerbistream_spool.verify import VerifyReport
@@ -152,13 +153,23 @@ def _replay(spool_dir: str, report: VerifyReport, to_file: Optional[str], queue:
     from cerbistream_spool.drain import Drainer  # noqa: PLC0415
     from cerbistream_spool.transports.jsonl import JsonlTransport  # noqa: PLC0415
 
+    bad = {p.lane for p in report.problems}
+    lanes = {ln["lane"] for ln in report.lanes} - bad
+    readonly = [n for n in sorted(lanes) if not os.access(lane_dir(spool_dir, n), os.W_OK)]
+    if readonly:  # acks would fail and be retried until the timeout
+        raise click.ClickException(
+            f"cannot replay: lane {readonly[0]:04d} of {spool_dir} is not writable (replay"
+            " writes each lane's cursor); copy the spool somewhere writable first"
+        )
     if to_file:
         with open(to_file, "a"):  # the file exists even when nothing is pending
             pass
     transport = JsonlTransport(to_file) if to_file else _transport(None, queue)
-    bad = {p.lane for p in report.problems}
-    drainer = Drainer(spool_dir, transport, replay=True)
-    drainer.reader.lanes = {ln["lane"] for ln in report.lanes} - bad
+    try:
+        drainer = Drainer(spool_dir, transport, replay=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot replay {spool_dir}: {exc}") from exc
+    drainer.reader.lanes = lanes
     try:
         drainer.drain_until_idle(timeout=300)
     finally:
