@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from spoolkit import SMALL, build, event, event_ids, read_all, segments
+from spoolkit import SMALL, build, event, event_ids, flip, frames, read_all, segments
 
 from cerbistream_spool import verify
 from cerbistream_spool.spool import SpoolReader, SpoolWriter
@@ -84,3 +84,29 @@ def test_a_segment_deleted_under_the_reader_is_skipped(spool_dir: str) -> None:
     os.unlink(segments(spool_dir)[0][1])
     rest = [r.seq for b in reader.batches() for r in b.records]
     assert rest and rest[0] == segments(spool_dir)[0][0]
+
+
+def test_damage_is_never_stepped_over_silently_the_batch_carries_it(spool_dir: str) -> None:
+    """A bad record and a sealed segment with a broken header: the reader delivers the valid
+    neighbours and reports each lost range (previous valid seq + 1 .. next valid seq - 1)."""
+    build(spool_dir, 150)
+    segs = segments(spool_dir)
+    assert len(segs) >= 4
+    path = segs[1][1]
+    start, _, bad = frames(path)[3]
+    flip(path, start + 25)
+    flip(segs[2][1], 3)  # the header's magic
+    reader = SpoolReader(spool_dir, remove_idle_lanes=False)
+    batches = list(reader.batches(max_records=10_000))
+    got = [r.seq for b in batches for r in b.records]
+    damage = [d for b in batches for d in b.damage]
+    assert [(d.segment, d.first_seq, d.last_seq, d.lost) for d in damage] == [
+        (path, bad.seq, bad.seq, 1),
+        (segs[2][1], segs[2][0], segs[3][0] - 1, segs[3][0] - segs[2][0]),
+    ]
+    assert damage[0].start == start
+    lost = {bad.seq, *range(segs[2][0], segs[3][0])}
+    assert sorted(got + sorted(lost)) == list(range(1, 153))  # everything else delivered
+    assert {p["kind"] for p in reader.problems} == {"checksum", "format"}
+    reader.ack(batches[-1])  # acked past the damage: nothing is pending any more
+    assert SpoolReader(spool_dir, remove_idle_lanes=False).read_batch() is None
