@@ -166,6 +166,8 @@ def _print_report(spool_dir: str, report: VerifyReport) -> None:
         )
     for name in report.quarantined:
         click.echo(f"  quarantined: {name}")
+    for name in report.foreign:
+        click.echo(f"  foreign: {name} (not a lane, segment or cursor; left alone)")
 
 
 @main.command("status")
@@ -192,6 +194,8 @@ def status_cmd(spool_dir: str, as_json: bool) -> None:
         )
     for name in doc["quarantined"]:
         click.echo(f"  quarantined: {name}")
+    for name in doc["foreign"]:
+        click.echo(f"  foreign: {name} (not a lane, segment or cursor; left alone)")
 
 
 @main.command("tail")
@@ -209,7 +213,16 @@ def tail_cmd(spool_dir: str, follow: bool, everything: bool) -> None:
         while True:
             for batch in reader.batches():
                 for record in batch.events():
-                    click.echo(event_to_json(record.value()))
+                    try:
+                        line = event_to_json(record.value())
+                    except Exception as exc:  # noqa: BLE001 — a damaged body must not stop tail
+                        click.echo(
+                            f"lane {batch.lane} seq {record.seq}: undecodable event"
+                            f" ({type(exc).__name__})",
+                            err=True,
+                        )
+                        continue
+                    click.echo(line)
             if not follow:
                 return
             wake.wait(1.0)

@@ -15,11 +15,19 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS, Chain
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir, lane_is_live, list_lanes
+from cerbistream_spool.spool.fsio import list_entries, read_regular
+from cerbistream_spool.spool.lanes import (
+    QUARANTINE_DIR,
+    foreign_entries,
+    lane_dir,
+    lane_is_live,
+    list_lanes,
+)
 from cerbistream_spool.spool.record import (
     FrameStatus,
     Kind,
     Record,
+    ScanBudget,
     decode_body,
     decode_payload,
     find_next_frame,
@@ -65,6 +73,7 @@ class VerifyReport:
     lanes: List[Dict[str, Any]] = field(default_factory=list)
     quarantined: List[str] = field(default_factory=list)
     gaps: List[Dict[str, Any]] = field(default_factory=list)
+    foreign: List[str] = field(default_factory=list)  # entries left alone, not lane/segment/cursor
 
     @property
     def valid(self) -> bool:
@@ -83,6 +92,7 @@ class VerifyReport:
             "lanes": self.lanes,
             "quarantined": self.quarantined,
             "gaps": self.gaps,
+            "foreign": self.foreign,
         }
 
 
@@ -97,8 +107,8 @@ def verify(spool_dir: str, key: Optional[bytes] = None) -> VerifyReport:
     for lane in list_lanes(spool_dir):
         _LaneCheck(spool_dir, lane, key, report).run()
     qdir = os.path.join(spool_dir, QUARANTINE_DIR)
-    if os.path.isdir(qdir):
-        report.quarantined = sorted(os.listdir(qdir))
+    report.quarantined = sorted(name for name, _ in list_entries(qdir))
+    report.foreign = foreign_entries(spool_dir)
     return report
 
 
@@ -146,8 +156,7 @@ class _LaneCheck:
         name = os.path.basename(path)
         self.report.segments += 1
         try:
-            with open(path, "rb") as fh:
-                buf = fh.read()
+            buf = read_regular(path)
         except OSError as exc:
             self.problem(name, 0, None, "format", f"unreadable: {exc}")
             self.prev = None
@@ -172,8 +181,9 @@ class _LaneCheck:
         anchor: Optional[bytes] = header.anchor
         offset = HEADER_SIZE
         first = True
+        budget = ScanBudget(len(buf))
         while True:
-            frame = read_frame(buf, offset)
+            frame = read_frame(buf, offset, budget=budget)
             if frame.status is FrameStatus.END:
                 return
             if frame.status is FrameStatus.TORN:
@@ -185,7 +195,7 @@ class _LaneCheck:
             if isinstance(rec, str):
                 kind = "checksum" if frame.status is FrameStatus.CORRUPT else "format"
                 self.problem(name, offset, None, kind, rec)
-                resync = find_next_frame(buf, offset + 1)
+                resync = find_next_frame(buf, offset + 1, budget)
                 if resync is None:
                     self.tail_reported = self.tail_reported or is_last
                     return
