@@ -204,7 +204,7 @@ def status_cmd(spool_dir: str, as_json: bool) -> None:
 @click.option("--all", "everything", is_flag=True, help="Include delivered events still on disk.")
 def tail_cmd(spool_dir: str, follow: bool, everything: bool) -> None:
     """Print events as JSON lines (pending only unless --all)."""
-    from cerbistream_spool.event import event_to_json  # noqa: PLC0415
+    from cerbistream_spool.event import body_to_json  # noqa: PLC0415
 
     reader = SpoolReader(_existing(spool_dir), remove_idle_lanes=False, from_start=everything)
     wake = threading.Event()
@@ -214,7 +214,7 @@ def tail_cmd(spool_dir: str, follow: bool, everything: bool) -> None:
             for batch in reader.batches():
                 for record in batch.events():
                     try:
-                        line = event_to_json(record.value())
+                        line = body_to_json(record.value())
                     except Exception as exc:  # noqa: BLE001 — a damaged body must not stop tail
                         click.echo(
                             f"lane {batch.lane} seq {record.seq}: undecodable event"

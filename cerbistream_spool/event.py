@@ -70,6 +70,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "EventEncoder",
     "build_event",
+    "body_to_json",
     "event_to_json",
     "format_timestamp",
     "log_level_name",
@@ -527,16 +528,18 @@ def _event_dict(
 
 
 def event_to_json(event: Mapping[str, Any]) -> str:
-    """Compact JSON, non-ASCII kept, key order preserved; the queue message body.
+    """Compact JSON, non-ASCII kept, key order preserved; the queue message body."""
+    return _JSON.encode(event)
 
-    What JSON cannot carry as it is (a body decoded from a damaged or foreign spool:
-    non-string keys, bytes, nesting deeper than the encoder takes) goes through
-    :func:`to_wire` first, so any decoded body gives JSON.
-    """
+
+def body_to_json(body: Any) -> str:
+    """Like :func:`event_to_json` for any decoded body (``tail``): what JSON cannot carry
+    as it is (non-string keys, bytes, ``nan``, nesting deeper than the encoder takes, from
+    a damaged or foreign spool) goes through :func:`to_wire` first. Never raises."""
     try:
-        return _JSON.encode(event)
+        return _JSON.encode(body)
     except (TypeError, ValueError, RecursionError):
-        return _JSON.encode(to_wire(event))
+        return _JSON.encode(to_wire(body))
 
 
 def log_level_name(levelno: int) -> str:

@@ -23,8 +23,8 @@ regex pass finds the offsets where a payload starts the way the writer packs it
 a candidate is checksummed only when its length is plausible, it fits and its trailing
 length matches; and the bytes checksummed for candidates that turn out bad are bounded
 by a :class:`ScanBudget` per buffer (twice its size plus 1 MiB). Past that budget the
-rest of the buffer counts as unreadable, so a crafted segment cannot make a scan
-quadratic.
+rest of the buffer counts as unreadable (``ScanBudget.exhausted``), so a crafted
+segment cannot make a scan quadratic.
 """
 
 from __future__ import annotations
@@ -161,10 +161,11 @@ def encode_record(
 class ScanBudget:
     """Bytes that resynchronisation may checksum in vain over one buffer."""
 
-    __slots__ = ("left",)
+    __slots__ = ("exhausted", "left")
 
     def __init__(self, size: int) -> None:
         self.left = 2 * max(0, size) + (1 << 20)
+        self.exhausted = False  # set when a scan stopped on the budget, not on the data
 
 
 def read_frame(
@@ -243,6 +244,7 @@ def find_next_frame(buf: Buffer, start: int, budget: Optional[ScanBudget] = None
         if _U32.unpack_from(buf, end - 4)[0] != size:
             continue
         if budget.left < size:
+            budget.exhausted = True
             return None
         frame = read_frame(buf, candidate, resync=False)
         if frame.status is FrameStatus.OK and isinstance(decode_payload(frame.payload), Record):

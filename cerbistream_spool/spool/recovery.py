@@ -87,6 +87,10 @@ def scan_tail(buf: bytes, decode_all: bool = False, budget: Optional[ScanBudget]
         if frame.status is FrameStatus.TORN:
             return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=frame.detail)
         resync = find_next_frame(buf, offset + 1, budget)
+        if resync is None and budget.exhausted:  # crafted or badly damaged: keep it all
+            return Tail(
+                offset, last, count, corrupt_at=offset, detail=f"{frame.detail}; resync gave up"
+            )
         if resync is None:  # nothing valid after it: a torn (partially written) tail
             return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=frame.detail)
         return Tail(
