@@ -287,7 +287,8 @@ def test_resync_over_a_crafted_segment_is_linear(tmp_path) -> None:
 def test_a_crafted_segment_delays_neither_verify_nor_spool_handler(tmp_path) -> None:
     spool = str(tmp_path / "spool")
     os.makedirs(lane_dir(spool, 0))
-    _write(os.path.join(lane_dir(spool, 0), "00000000000000000001.seg"), crafted_segment(1 << 20))
+    crafted = crafted_segment(4 << 20, spacing=128)  # the old scan: ~7 s each, on 2 CPUs
+    _write(os.path.join(lane_dir(spool, 0), "00000000000000000001.seg"), crafted)
     started = time.monotonic()
     report, _ = _bounded(lambda: verify(spool))
     assert not report.valid
@@ -302,6 +303,7 @@ def test_a_crafted_segment_delays_neither_verify_nor_spool_handler(tmp_path) -> 
         assert handler.writer is not None
     finally:
         handler.close()
+    assert os.listdir(os.path.join(spool, "quarantine"))  # kept for a human, not truncated
 
 
 def test_a_crafted_segment_still_has_its_valid_frames_found(tmp_path) -> None:
