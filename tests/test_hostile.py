@@ -317,3 +317,46 @@ def test_a_crafted_segment_still_has_its_valid_frames_found(tmp_path) -> None:
     data[HEADER_SIZE : HEADER_SIZE + 4] = b"\xff\xff\xff\xff"
     found = find_next_frame(bytes(data), HEADER_SIZE + 1)
     assert found is not None and found > HEADER_SIZE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hostile_entry_cli_drain_ships_the_healthy_lanes(tmp_path, case: str) -> None:
+    """``cerbispool drain`` as a process, the real SDK, the local AMQP peer."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from tools.amqp_peer import LocalPeer  # noqa: PLC0415
+
+    make, foreign, _ = CASES[case]
+    spool = str(tmp_path / "spool")
+    _base(spool)
+    make(spool)
+    before = _entries(spool, foreign)
+    peer = LocalPeer.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERBISTREAM_")}
+        started = time.monotonic()
+        conn = peer.connection_string()
+        command = ["drain", spool, "--connection-string", conn, "--timeout", "20", "--json"]
+        done = subprocess.run(
+            [sys.executable, "-c", "from cerbistream_spool.cli import main; main()", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        assert time.monotonic() - started < 30
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.returncode in (0, 1), done.stderr
+        ids = {json.loads(m.body)["LogId"] for m in peer.accepted()}
+    finally:
+        peer.stop()
+    if case != "lanes-is-a-file":  # lane 1 is healthy in every other case
+        assert {f"id-{100 + i}" for i in range(30)} <= ids, (done.stdout, done.stderr)
+    if case.endswith("-as-cursor"):  # a foreign cursor is replaced by the first ack (rename)
+        assert {f"id-{i}" for i in range(30)} <= ids  # its lane re-sent from the start
+        assert stat.S_ISCHR(os.stat("/dev/zero").st_mode)
+        return
+    assert _entries(spool, foreign) == before
