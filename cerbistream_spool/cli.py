@@ -196,6 +196,8 @@ def _print_report(spool_dir: str, report: VerifyReport) -> None:
         )
     for name in report.quarantined:
         click.echo(f"  quarantined: {name}")
+    for name in report.foreign:
+        click.echo(f"  foreign: {name} (not a lane, segment or cursor; left alone)")
 
 
 @main.command("status")
@@ -222,6 +224,8 @@ def status_cmd(spool_dir: str, as_json: bool) -> None:
         )
     for name in doc["quarantined"]:
         click.echo(f"  quarantined: {name}")
+    for name in doc["foreign"]:
+        click.echo(f"  foreign: {name} (not a lane, segment or cursor; left alone)")
 
 
 @main.command("tail")
@@ -230,7 +234,7 @@ def status_cmd(spool_dir: str, as_json: bool) -> None:
 @click.option("--all", "everything", is_flag=True, help="Include delivered events still on disk.")
 def tail_cmd(spool_dir: str, follow: bool, everything: bool) -> None:
     """Print events as JSON lines (pending only unless --all)."""
-    from cerbistream_spool.event import event_to_json  # noqa: PLC0415
+    from cerbistream_spool.event import body_to_json  # noqa: PLC0415
 
     reader = SpoolReader(_existing(spool_dir), remove_idle_lanes=False, from_start=everything)
     wake = threading.Event()
@@ -239,7 +243,16 @@ def tail_cmd(spool_dir: str, follow: bool, everything: bool) -> None:
         while True:
             for batch in reader.batches():
                 for record in batch.events():
-                    click.echo(event_to_json(record.value()))
+                    try:
+                        line = body_to_json(record.value())
+                    except Exception as exc:  # noqa: BLE001 — a damaged body must not stop tail
+                        click.echo(
+                            f"lane {batch.lane} seq {record.seq}: undecodable event"
+                            f" ({type(exc).__name__})",
+                            err=True,
+                        )
+                        continue
+                    click.echo(line)
             if not follow:
                 return
             wake.wait(1.0)

@@ -26,6 +26,13 @@ that UTF-8 cannot encode (lone surrogates) are backslash-escaped, containers
 nested deeper than :data:`MAX_DEPTH` are stringified, and a ``__str__`` that
 raises gives ``<unprintable TypeName>``: building an event does not fail on data.
 
+Keys (of the extras and of every nested mapping) become ``str``: a ``str`` key that
+UTF-8 can encode stays as it is, any other key becomes its wire text (``1`` → ``"1"``,
+a lone surrogate backslash-escaped). When two keys of one mapping give the same text,
+the key that was that text already keeps it, and each other one, in the mapping's
+order, gets the first free ``~2``, ``~3``, … suffix: ``{1: "a", "1": "b"}`` becomes
+``{"1~2": "a", "1": "b"}``; nothing is dropped.
+
 RawPayload keeps ``logger, level, message, module, function`` first; an extra
 with one of those names (or ``exception``/``blocked``) is stored as ``extra_<name>``.
 """
@@ -63,6 +70,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "EventEncoder",
     "build_event",
+    "body_to_json",
     "event_to_json",
     "format_timestamp",
     "log_level_name",
@@ -350,16 +358,19 @@ class _Layout:
     def __init__(self, names: Tuple[str, ...]) -> None:
         if names[:_NBASE] == _BASE_NAMES:  # makeRecord's order: the extras come after these
             names = names[_NBASE:]
-        pairs = []
+        pairs: List[Tuple[Any, str]] = []
         controls = []
         for key in names:
-            if key in RESERVED_ATTRS or key[:1] == "_":
+            if key.__class__ is not str:  # extra={1: ...}: logging puts it in __dict__ as is
+                pairs.append((key, _wire_key(key)))
+            elif key in RESERVED_ATTRS or key[:1] == "_":
                 continue
-            if key in CONTROL_KEYS:
+            elif key in CONTROL_KEYS:
                 controls.append(key)
             else:
                 pairs.append((key, key if key.isascii() else _utf8(key)))
-        self.pairs = tuple(pairs)
+        wires = _unique_keys([k for k, _ in pairs], [w for _, w in pairs])
+        self.pairs = tuple(zip([k for k, _ in pairs], wires))
         self.controls = tuple(controls)
         self.keys = tuple(dict.fromkeys(wire for _, wire in pairs))
         self.renames = not _PAYLOAD_KEYS.isdisjoint(self.keys)
@@ -521,6 +532,16 @@ def event_to_json(event: Mapping[str, Any]) -> str:
     return _JSON.encode(event)
 
 
+def body_to_json(body: Any) -> str:
+    """Like :func:`event_to_json` for any decoded body (``tail``): what JSON cannot carry
+    as it is (non-string keys, bytes, ``nan``, nesting deeper than the encoder takes, from
+    a damaged or foreign spool) goes through :func:`to_wire` first. Never raises."""
+    try:
+        return _JSON.encode(body)
+    except (TypeError, ValueError, RecursionError):
+        return _JSON.encode(to_wire(body))
+
+
 def log_level_name(levelno: int) -> str:
     """``Critical`` ≥ 50, ``Error`` ≥ 40, ``Warning`` ≥ 30, ``Information`` ≥ 20, else ``Debug``."""
     try:
@@ -624,10 +645,33 @@ def _container(value: Any, is_mapping: bool, depth: int) -> Any:
                 if key.__class__ is not str or not key.isascii():
                     key = _wire_key(key)  # noqa: PLW2901
                 out[key] = to_wire(item, depth)
+            if len(out) != len(value):  # two keys gave the same text: rename, drop nothing
+                keys = list(value)
+                wires = _unique_keys(keys, [_wire_key(key) for key in keys])
+                return {wire: to_wire(value[key], depth) for key, wire in zip(keys, wires)}
             return out
         return [to_wire(item, depth) for item in value]
     except Exception:  # noqa: BLE001 - a broken container is stored as text, not lost
         return _safe_str(value)
+
+
+def _unique_keys(keys: List[Any], wires: List[str]) -> List[str]:
+    """``wires`` (the text of each of ``keys``) made unique by the rule in the module
+    docstring: a key already equal to its text keeps it, the others get ``~N``."""
+    taken = {wire for key, wire in zip(keys, wires) if key.__class__ is str and key == wire}
+    if len(taken) == len(wires):
+        return wires
+    out = []
+    for key, text in zip(keys, wires):
+        name = text
+        if not (key.__class__ is str and key == text):
+            n = 2
+            while name in taken:
+                name = f"{text}~{n}"
+                n += 1
+            taken.add(name)
+        out.append(name)
+    return out
 
 
 def _wire_key(key: Any) -> str:

@@ -12,8 +12,14 @@ import time
 from typing import Any, Dict, Optional
 
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.fsio import FILE_MODE, file_size
-from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir, lane_is_live, list_lanes
+from cerbistream_spool.spool.fsio import FILE_MODE, file_size, list_entries, read_regular
+from cerbistream_spool.spool.lanes import (
+    QUARANTINE_DIR,
+    foreign_entries,
+    lane_dir,
+    lane_is_live,
+    list_lanes,
+)
 from cerbistream_spool.spool.reader import pending_events
 from cerbistream_spool.spool.recovery import scan_tail
 from cerbistream_spool.spool.segments import list_segments
@@ -34,9 +40,11 @@ def status(spool_dir: str) -> Dict[str, Any]:
         acked = cursor.acked_seq if isinstance(cursor, Cursor) else 0
         last_seq = None
         if segments:
-            with open(segments[-1][1], "rb") as fh:
-                tail = scan_tail(fh.read())
-            last_seq = tail.last.seq if tail.last else segments[-1][0] - 1
+            try:
+                tail = scan_tail(read_regular(segments[-1][1]))
+                last_seq = tail.last.seq if tail.last else segments[-1][0] - 1
+            except OSError:  # removed by a drainer meanwhile, or replaced by a foreign file
+                last_seq = None
         pending, pending_bytes, oldest = pending_events(spool_dir, lane)
         lanes.append(
             {
@@ -63,7 +71,8 @@ def status(spool_dir: str) -> Dict[str, Any]:
         "pending_bytes": sum(ln["pending_bytes"] for ln in lanes),
         "spool_bytes": sum(ln["bytes"] for ln in lanes),
         "oldest_pending_age_s": max(ages) if ages else None,
-        "quarantined": sorted(os.listdir(qdir)) if os.path.isdir(qdir) else [],
+        "quarantined": sorted(name for name, _ in list_entries(qdir)),
+        "foreign": foreign_entries(spool_dir),
         "last_error": drain.get("last_error"),
         "last_delivery_unix": drain.get("last_delivery_unix"),
     }
@@ -82,8 +91,7 @@ def write_drain_status(spool_dir: str, doc: Dict[str, Any]) -> None:
 def read_drain_status(spool_dir: str) -> Optional[Dict[str, Any]]:
     """The drainer's last published counters, if any."""
     try:
-        with open(os.path.join(spool_dir, STATUS_FILE)) as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError):
+        doc = json.loads(read_regular(os.path.join(spool_dir, STATUS_FILE), 1 << 20))
+    except (OSError, ValueError, RecursionError):  # missing, foreign, or not JSON
         return None
     return doc if isinstance(doc, dict) else None

@@ -23,11 +23,19 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS, Chain
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir, lane_is_live, list_lanes
+from cerbistream_spool.spool.fsio import list_entries, read_regular
+from cerbistream_spool.spool.lanes import (
+    QUARANTINE_DIR,
+    foreign_entries,
+    lane_dir,
+    lane_is_live,
+    list_lanes,
+)
 from cerbistream_spool.spool.record import (
     FrameStatus,
     Kind,
     Record,
+    ScanBudget,
     decode_body,
     decode_payload,
     find_next_frame,
@@ -90,6 +98,7 @@ class VerifyReport:
     quarantined: List[str] = field(default_factory=list)
     gaps: List[Dict[str, Any]] = field(default_factory=list)
     notices: List[Notice] = field(default_factory=list)
+    foreign: List[str] = field(default_factory=list)  # entries left alone, not lane/segment/cursor
 
     @property
     def valid(self) -> bool:
@@ -109,6 +118,7 @@ class VerifyReport:
             "quarantined": self.quarantined,
             "gaps": self.gaps,
             "notices": [asdict(n) for n in self.notices],
+            "foreign": self.foreign,
         }
 
 
@@ -125,8 +135,8 @@ def verify(spool_dir: str, key: Optional[bytes] = None) -> VerifyReport:
     for check in checks:  # a gap in any lane may explain a hole (a drainer's corruption gap)
         check.report_holes(covered.get(check.lane, []))
     qdir = os.path.join(spool_dir, QUARANTINE_DIR)
-    if os.path.isdir(qdir):
-        report.quarantined = sorted(os.listdir(qdir))
+    report.quarantined = sorted(name for name, _ in list_entries(qdir))
+    report.foreign = foreign_entries(spool_dir)
     return report
 
 
@@ -216,8 +226,7 @@ class _LaneCheck:
         name = os.path.basename(path)
         self.report.segments += 1
         try:
-            with open(path, "rb") as fh:
-                buf = fh.read()
+            buf = read_regular(path)
         except FileNotFoundError as exc:
             self.vanished = True
             self.problem(name, 0, None, "format", f"unreadable: {exc}")
@@ -256,8 +265,9 @@ class _LaneCheck:
         anchor: Optional[bytes] = header.anchor
         offset = HEADER_SIZE
         first = True
+        budget = ScanBudget(len(buf))
         while True:
-            frame = read_frame(buf, offset)
+            frame = read_frame(buf, offset, budget=budget)
             if frame.status is FrameStatus.END:
                 return
             if frame.status is FrameStatus.TORN:
@@ -270,8 +280,8 @@ class _LaneCheck:
             rec = decode_payload(frame.payload) if frame.status is FrameStatus.OK else frame.detail
             if isinstance(rec, str):
                 kind = "checksum" if frame.status is FrameStatus.CORRUPT else "format"
-                resync = find_next_frame(buf, offset + 1)
-                if resync is None and is_last and not self.live:
+                resync = find_next_frame(buf, offset + 1, budget)
+                if resync is None and is_last and not self.live and not budget.exhausted:
                     # a bad last frame with nothing valid after it: a torn tail (FORMAT.md §8)
                     self.torn = (name, offset, rec)
                     return

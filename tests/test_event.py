@@ -819,7 +819,11 @@ def shared_encoder(options: Dict[str, Any], governance: Optional[Governance]) ->
     level=st.one_of(
         st.sampled_from([0, 5, 10, 19, 20, 25, 30, 40, 45, 50, 60]), st.integers(-(2**70), 2**70)
     ),
-    extras=st.dictionaries(st.one_of(governed_names, extra_names), odd_values, max_size=6),
+    extras=st.dictionaries(
+        st.one_of(governed_names, extra_names, st.integers(-2, 2), st.sampled_from(["1", "1~2"])),
+        odd_values,
+        max_size=6,
+    ),
     controls=st.dictionaries(st.sampled_from(sorted(CONTROL_KEYS)), control_values, max_size=3),
     governance=st.sampled_from([None, ENCODER_GOVERNANCE, Governance()]),
     options=st.fixed_dictionaries(
@@ -1035,3 +1039,42 @@ def test_a_forked_child_never_reuses_its_parents_log_ids() -> None:
         cwd=Path(__file__).resolve().parent.parent,
     ).stdout
     assert out.split() == ["64", "0"]
+
+
+def test_extras_with_non_string_keys_keep_the_record_and_every_value(spool_dir: str) -> None:
+    from cerbistream_spool import SpoolHandler  # noqa: PLC0415
+    from cerbistream_spool.spool import SpoolReader  # noqa: PLC0415
+
+    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False, fsync="never")
+    logger = logging.getLogger("extras.keys")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.warning("odd keys", extra={1: "x", "ok": "v"})
+        logger.warning("nested", extra={"d": {1: "a", "1": "b"}})
+        assert handler.stats()["dropped"] == 0
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    events = [r.value() for b in SpoolReader(spool_dir).batches() for r in b.events()]
+    payloads = [e["RawPayload"] for e in events]
+    assert [p["message"] for p in payloads] == ["odd keys", "nested"]
+    assert payloads[0]["1"] == "x" and payloads[0]["ok"] == "v"
+    assert payloads[1]["d"] == {"1~2": "a", "1": "b"}
+
+
+def test_colliding_keys_keep_the_string_key_and_suffix_the_others() -> None:
+    extra = {1: "int", "1": "str", "1~2": "taken", b"1": "bytes", 2: "two"}
+    payload = build(make_record(extra=extra))["RawPayload"]
+    assert {k: payload[k] for k in ("1", "1~2", "1~3", "b'1'", "2")} == {
+        "1": "str",
+        "1~2": "taken",
+        "1~3": "int",
+        "b'1'": "bytes",
+        "2": "two",
+    }
+    nested = build(make_record(extra={"d": extra}))["RawPayload"]["d"]
+    assert nested == {"1~3": "int", "1": "str", "1~2": "taken", "b'1'": "bytes", "2": "two"}
+    encoder = EventEncoder(tenant_id="my-tenant", app_name="my-python-app")
+    body = msgpack.unpackb(encoder.encode(make_record(extra={"d": extra})), raw=False)
+    assert body["RawPayload"]["d"] == nested

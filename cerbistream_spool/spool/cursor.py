@@ -21,7 +21,7 @@ import zlib
 from typing import NamedTuple, Optional, Union
 
 from cerbistream_spool.spool.chain import GENESIS
-from cerbistream_spool.spool.fsio import atomic_write
+from cerbistream_spool.spool.fsio import ForeignFileError, atomic_write, read_regular
 
 __all__ = ["CURSOR_FILE", "Cursor", "read_cursor", "write_cursor"]
 
@@ -48,10 +48,11 @@ def read_cursor(lane_dir: str, lane: int) -> Union[Cursor, str]:
     """The lane's cursor (a zero cursor when there is none), or what is wrong with the file."""
     path = os.path.join(lane_dir, CURSOR_FILE)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(_SIZE + 1)
+        data = read_regular(path, _SIZE + 1)
     except FileNotFoundError:
         return Cursor(lane)
+    except ForeignFileError:
+        return "cursor is not a regular file (left alone)"
     except OSError as exc:
         return f"cursor unreadable: {exc}"
     if len(data) != _SIZE:

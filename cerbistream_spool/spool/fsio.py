@@ -2,19 +2,33 @@
 
 Every durable change follows: write → fsync file → (rename) → fsync directory.
 Directories are created 0700, files 0600.
+
+Every read of a spool file goes through :func:`open_regular` (or :func:`read_regular`
+/ :func:`map_regular` on top of it): no symlink is followed, nothing blocks (a FIFO
+opens and is refused), only a regular file is read, and never past its size.
+:func:`list_entries` names what a directory holds without following symlinks.
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
+import stat
+from typing import List, Optional, Tuple
 
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
+    "ForeignFileError",
     "atomic_write",
     "ensure_dir",
     "file_size",
     "fsync_dir",
+    "list_entries",
+    "map_regular",
+    "open_regular",
+    "read_regular",
     "write_all",
 ]
 
@@ -72,3 +86,98 @@ def file_size(path: str) -> int:
         return os.path.getsize(path)
     except FileNotFoundError:
         return 0
+
+
+class ForeignFileError(OSError):
+    """The path is a symlink, FIFO, device, socket or directory, not a regular file."""
+
+
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+_REGULAR, _DIRECTORY, _OTHER = "file", "dir", "other"
+
+
+def open_regular(path: str) -> Tuple[int, int]:
+    """Open a regular file read-only; returns ``(fd, size)``, the caller closes ``fd``.
+
+    Raises :class:`ForeignFileError` for anything else (checked with ``lstat`` before
+    the open, so a device node is never opened, and with ``fstat`` after it), and
+    ``FileNotFoundError`` when it is gone.
+    """
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise ForeignFileError(errno.EINVAL, "not a regular file", path)
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # replaced by a symlink since the lstat
+            raise ForeignFileError(errno.ELOOP, "not a regular file", path) from None
+        raise
+    try:
+        info = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(info.st_mode):  # swapped for a FIFO or device since the lstat
+        os.close(fd)
+        raise ForeignFileError(errno.EINVAL, "not a regular file", path)
+    return fd, info.st_size
+
+
+def read_regular(path: str, limit: Optional[int] = None) -> bytes:
+    """The bytes of a regular file, at most its size at open (and at most ``limit``)."""
+    fd, size = open_regular(path)
+    try:
+        want = size if limit is None else min(size, limit)
+        chunks: List[bytes] = []
+        while want > 0:
+            chunk = os.read(fd, want)
+            if not chunk:  # shrank meanwhile
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def map_regular(path: str) -> Optional[mmap.mmap]:
+    """A read-only ``mmap`` of a regular file, its size at open (None when it is empty).
+
+    The caller closes it; the descriptor is closed here (the mapping keeps its own).
+    """
+    fd, size = open_regular(path)
+    try:
+        return mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+    finally:
+        os.close(fd)
+
+
+def list_entries(path: str) -> List[Tuple[str, str]]:
+    """``[(name, "file" | "dir" | "other")]`` of a directory, symlinks being "other".
+
+    A directory that is missing or cannot be listed (not a directory, no permission)
+    gives ``[]``.
+    """
+    try:
+        with os.scandir(path) as it:
+            found = []
+            for entry in it:
+                try:
+                    if entry.is_symlink():
+                        kind = _OTHER
+                    elif entry.is_dir(follow_symlinks=False):
+                        kind = _DIRECTORY
+                    elif entry.is_file(follow_symlinks=False):
+                        kind = _REGULAR
+                    else:
+                        kind = _OTHER
+                except OSError:
+                    kind = _OTHER
+                found.append((entry.name, kind))
+            return found
+    except OSError:
+        return []

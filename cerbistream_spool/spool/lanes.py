@@ -8,6 +8,11 @@
       lanes/0000/            segments + cursor of lane 0
       quarantine/            segments that failed their checks, kept for a human
 
+Anything else under ``lanes/`` (a file or symlink named like a lane, a name that is
+not four ASCII digits) is *foreign*: left alone, never read, listed by ``status`` and
+``verify``. A lane whose directory holds foreign entries is still read, but no writer
+takes it.
+
 Each writing process owns one lane: it takes the first lane whose lock it can
 acquire without waiting. A restarted single-process app therefore gets lane 0
 back and continues its chain.
@@ -16,12 +21,14 @@ back and continues its chain.
 from __future__ import annotations
 
 import os
+import stat
 from typing import List, Optional, Tuple
 
 from filelock import FileLock, Timeout
 
 from cerbistream_spool.errors import LaneUnavailableError
-from cerbistream_spool.spool.fsio import FILE_MODE, ensure_dir
+from cerbistream_spool.spool.fsio import FILE_MODE, ensure_dir, list_entries
+from cerbistream_spool.spool.segments import lane_foreign
 
 __all__ = [
     "LANES_DIR",
@@ -29,9 +36,11 @@ __all__ = [
     "MAX_LANES",
     "QUARANTINE_DIR",
     "acquire_lane",
+    "foreign_entries",
     "lane_dir",
     "lane_lock",
     "list_lanes",
+    "scan_lanes",
     "try_lock",
 ]
 
@@ -72,13 +81,63 @@ def try_lock(lock: FileLock) -> bool:
     return True
 
 
+REMOVING_PREFIX = ".removing-"  # a lane being removed (see reader.py); not foreign
+_DIGITS = frozenset("0123456789")
+
+
+def parse_lane_name(name: str) -> Optional[int]:
+    """The lane id of a ``lanes/`` entry name (four ASCII digits), else None."""
+    if len(name) != 4 or not _DIGITS.issuperset(name):
+        return None
+    return int(name)
+
+
+def scan_lanes(spool_dir: str) -> Tuple[List[int], List[str]]:
+    """``(lane ids that are real directories, ascending; foreign entries of lanes/)``.
+
+    Foreign entries are paths relative to ``spool_dir``.
+    """
+    lanes, foreign = [], []
+    for name, kind in list_entries(os.path.join(spool_dir, LANES_DIR)):
+        lane = parse_lane_name(name)
+        if lane is not None and kind == "dir":
+            lanes.append(lane)
+        elif not (name.startswith(REMOVING_PREFIX) and kind == "dir"):
+            foreign.append(f"{LANES_DIR}/{name}")
+    return sorted(lanes), sorted(foreign)
+
+
 def list_lanes(spool_dir: str) -> List[int]:
-    """Lane ids that have a directory, ascending."""
+    """Lane ids that have a (real, not symlinked) directory, ascending."""
+    return scan_lanes(spool_dir)[0]
+
+
+def foreign_entries(spool_dir: str) -> List[str]:
+    """Everything in the spool's lane tree that is not a lane, segment or cursor, sorted."""
+    lanes, foreign = scan_lanes(spool_dir)
+    for name in (LANES_DIR, LOCKS_DIR, QUARANTINE_DIR):
+        try:
+            if not stat.S_ISDIR(os.lstat(os.path.join(spool_dir, name)).st_mode):
+                foreign.append(name)
+        except OSError:  # absent
+            pass
+    for lane in lanes:
+        prefix = f"{LANES_DIR}/{lane:04d}/"
+        foreign.extend(prefix + name for name in lane_foreign(lane_dir(spool_dir, lane)))
+    return sorted(foreign)
+
+
+def _usable(spool_dir: str, lane: int) -> bool:
+    """True when a writer may take ``lane``: its directory is absent or a plain one
+    without foreign entries."""
+    ldir = lane_dir(spool_dir, lane)
     try:
-        names = os.listdir(os.path.join(spool_dir, LANES_DIR))
+        info = os.lstat(ldir)
     except FileNotFoundError:
-        return []
-    return sorted(int(n) for n in names if len(n) == 4 and n.isdigit())
+        return True
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and not lane_foreign(ldir)
 
 
 def acquire_lane(spool_dir: str, max_lanes: int = MAX_LANES) -> Tuple[int, FileLock]:
@@ -86,11 +145,21 @@ def acquire_lane(spool_dir: str, max_lanes: int = MAX_LANES) -> Tuple[int, FileL
     ensure_dir(os.path.join(spool_dir, LOCKS_DIR))
     ensure_dir(os.path.join(spool_dir, LANES_DIR))
     for lane in range(max_lanes):
+        if not _usable(spool_dir, lane):  # a hostile or damaged lane is left to the readers
+            continue
         lock = lane_lock(spool_dir, lane)
-        if try_lock(lock):
-            ensure_dir(lane_dir(spool_dir, lane))
-            return lane, lock
-    raise LaneUnavailableError(f"all {max_lanes} lanes of {spool_dir} are held by live writers")
+        try:
+            taken = try_lock(lock)
+        except OSError:  # the lock file is not one we can lock (a directory, ...)
+            continue
+        if taken:
+            if _usable(spool_dir, lane):  # it may have changed while we took the lock
+                ensure_dir(lane_dir(spool_dir, lane))
+                return lane, lock
+            lock.release()
+    raise LaneUnavailableError(
+        f"all {max_lanes} lanes of {spool_dir} are held by live writers or unusable"
+    )
 
 
 def lane_is_live(spool_dir: str, lane: int) -> bool:
@@ -98,8 +167,11 @@ def lane_is_live(spool_dir: str, lane: int) -> bool:
     if not os.path.exists(os.path.join(spool_dir, LOCKS_DIR, f"lane-{lane:04d}.lock")):
         return False
     lock = lane_lock(spool_dir, lane)
-    if try_lock(lock):
-        lock.release()
+    try:
+        if try_lock(lock):
+            lock.release()
+            return False
+    except OSError:  # a lock path that cannot be locked (a directory, ...): no live writer
         return False
     return True
 
@@ -113,4 +185,7 @@ def drain_lock(spool_dir: str) -> FileLock:
 def owner_lock(spool_dir: str, lane: int) -> Optional[FileLock]:
     """The lane's lock if it could be taken now (caller releases), else None."""
     lock = lane_lock(spool_dir, lane)
-    return lock if try_lock(lock) else None
+    try:
+        return lock if try_lock(lock) else None
+    except OSError:  # a lock path that cannot be locked (a directory, ...): treat as held
+        return None

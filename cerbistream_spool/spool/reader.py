@@ -18,7 +18,6 @@ there (a torn write the writer's recovery settles).
 
 from __future__ import annotations
 
-import mmap
 import os
 import shutil
 import time
@@ -26,18 +25,24 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from cerbistream_spool.spool.cursor import Cursor, read_cursor, write_cursor
-from cerbistream_spool.spool.fsio import file_size, fsync_dir
+from cerbistream_spool.spool.fsio import file_size, fsync_dir, list_entries, map_regular
 from cerbistream_spool.spool.lanes import LANES_DIR, lane_dir, list_lanes, owner_lock
 from cerbistream_spool.spool.record import (
     FRAME_OVERHEAD,
     FrameStatus,
     Kind,
     Record,
+    ScanBudget,
     decode_payload,
     find_next_frame,
     read_frame,
 )
-from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_segments
+from cerbistream_spool.spool.segments import (
+    HEADER_SIZE,
+    decode_header,
+    lane_foreign,
+    list_segments,
+)
 
 __all__ = ["Batch", "Damage", "SpoolReader", "oldest_pending_ns", "pending_events"]
 
@@ -243,59 +248,59 @@ class SpoolReader:
         """
         used = 0
         try:
-            fh = open(path, "rb")  # noqa: SIM115 — closed below, mmap needs the descriptor
-        except FileNotFoundError:
+            buf = map_regular(path)
+        except OSError:  # gone (acked meanwhile) or replaced by a foreign file
             return False, used
-        with fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size < HEADER_SIZE:
-                if next_base is not None:
-                    detail = f"segment is {size} bytes, shorter than its header"
-                    self._damaged(lane, path, pos, 0, size, next_base - 1, "format", detail)
-                return False, used
-            with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as buf:
-                if pos.offset == HEADER_SIZE:
-                    header = decode_header(buf[:HEADER_SIZE])
-                    if isinstance(header, str):
-                        if next_base is None:
-                            self._problem(lane, path, 0, "format", header)
-                        else:
-                            self._damaged(lane, path, pos, 0, size, next_base - 1, "format", header)
-                        return False, used
-                while len(out) < max_records and used < max_bytes:
-                    frame = read_frame(buf, pos.offset)
-                    if frame.status is FrameStatus.OK:
-                        rec = decode_payload(frame.payload)
-                        if isinstance(rec, Record):
-                            pos.offset, pos.prev_seq = frame.end, rec.seq
-                            if rec.seq > pos.last_read:
-                                pos.last_read = rec.seq
-                                out.append(rec)
-                                used += len(frame.payload)
-                            continue
-                        frame = frame._replace(status=FrameStatus.CORRUPT, detail=rec)
-                    if frame.status is FrameStatus.TORN and next_base is not None:
-                        frame = frame._replace(status=FrameStatus.CORRUPT)  # sealed: damage
-                    if frame.status is FrameStatus.CORRUPT:
-                        resync = find_next_frame(buf, pos.offset + 1)
-                        if resync is None:
-                            if next_base is None:  # the newest segment's tail: do not pass it
-                                self._problem(lane, path, pos.offset, "checksum", frame.detail)
-                                return False, used
-                            last, end = next_base - 1, size
-                        else:
-                            following = decode_payload(read_frame(buf, resync).payload)
-                            assert isinstance(following, Record)  # find_next_frame checked it
-                            last, end = following.seq - 1, resync
-                        self._damaged(
-                            lane, path, pos, pos.offset, end, last, "checksum", frame.detail
-                        )
-                        if resync is None:
-                            return False, used
-                        pos.offset = resync
+        size = 0 if buf is None else len(buf)
+        if buf is None or size < HEADER_SIZE:
+            if buf is not None:
+                buf.close()
+            if next_base is not None:
+                detail = f"segment is {size} bytes, shorter than its header"
+                self._damaged(lane, path, pos, 0, size, next_base - 1, "format", detail)
+            return False, used
+        with buf:
+            if pos.offset == HEADER_SIZE:
+                header = decode_header(buf[:HEADER_SIZE])
+                if isinstance(header, str):
+                    if next_base is None:
+                        self._problem(lane, path, 0, "format", header)
+                    else:
+                        self._damaged(lane, path, pos, 0, size, next_base - 1, "format", header)
+                    return False, used
+            budget = ScanBudget(size)
+            while len(out) < max_records and used < max_bytes:
+                frame = read_frame(buf, pos.offset, budget=budget)
+                if frame.status is FrameStatus.OK:
+                    rec = decode_payload(frame.payload)
+                    if isinstance(rec, Record):
+                        pos.offset, pos.prev_seq = frame.end, rec.seq
+                        if rec.seq > pos.last_read:
+                            pos.last_read = rec.seq
+                            out.append(rec)
+                            used += len(frame.payload)
                         continue
-                    return False, used  # END, or TORN: the writer has not finished this frame
-                return True, used
+                    frame = frame._replace(status=FrameStatus.CORRUPT, detail=rec)
+                if frame.status is FrameStatus.TORN and next_base is not None:
+                    frame = frame._replace(status=FrameStatus.CORRUPT)  # sealed: damage
+                if frame.status is FrameStatus.CORRUPT:
+                    resync = find_next_frame(buf, pos.offset + 1, budget)
+                    if resync is None:
+                        if next_base is None:  # the newest segment's tail: do not pass it
+                            self._problem(lane, path, pos.offset, "checksum", frame.detail)
+                            return False, used
+                        last, end = next_base - 1, size
+                    else:
+                        following = decode_payload(read_frame(buf, resync, budget=budget).payload)
+                        assert isinstance(following, Record)  # find_next_frame checked it
+                        last, end = following.seq - 1, resync
+                    self._damaged(lane, path, pos, pos.offset, end, last, "checksum", frame.detail)
+                    if resync is None:
+                        return False, used
+                    pos.offset = resync
+                    continue
+                return False, used  # END, or TORN: the writer has not finished this frame
+            return True, used
 
     def _damaged(
         self,
@@ -317,6 +322,8 @@ class SpoolReader:
     def _remove_if_idle(self, lane: int) -> None:
         pos = self._pos.get(lane)
         if pos is None or not pos.exhausted or pos.acked.acked_seq < pos.last_read or pos.damage:
+            return
+        if lane_foreign(lane_dir(self.spool_dir, lane)):  # never delete what is not ours
             return
         lock = owner_lock(self.spool_dir, lane)
         if lock is None:
@@ -356,12 +363,8 @@ class SpoolReader:
 def _sweep_removed_lanes(spool_dir: str) -> None:
     """Finish lane removals a crash interrupted (their rename already took them out)."""
     lanes_dir = os.path.join(spool_dir, LANES_DIR)
-    try:
-        names = os.listdir(lanes_dir)
-    except FileNotFoundError:
-        return
-    for name in names:
-        if name.startswith(_REMOVING):
+    for name, kind in list_entries(lanes_dir):
+        if name.startswith(_REMOVING) and kind == "dir":
             shutil.rmtree(os.path.join(lanes_dir, name), ignore_errors=True)
 
 

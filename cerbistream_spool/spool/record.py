@@ -16,11 +16,21 @@ The hash covers ``prev_hash ‖ canonical_bytes(seq, kind, ts_ns, body)``.
 
 Scanners never raise on bad input: they return :class:`Frame` values with a
 status (Vector's ``RecordStatus``) and leave the decision to the caller.
+
+Resynchronisation (:func:`find_next_frame`) is linear in the buffer: one forward
+regex pass finds the offsets where a payload starts the way the writer packs it
+(a 6-array, integer seq, kind 1..4, integer timestamp, two bin-32 hashes, a bin body);
+a candidate is checksummed only when its length is plausible, it fits and its trailing
+length matches; and the bytes checksummed for candidates that turn out bad are bounded
+by a :class:`ScanBudget` per buffer (twice its size plus 1 MiB). Past that budget the
+rest of the buffer counts as unreadable (``ScanBudget.exhausted``), so a crafted
+segment cannot make a scan quadratic.
 """
 
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 import threading
 import zlib
@@ -39,6 +49,7 @@ __all__ = [
     "FrameStatus",
     "Kind",
     "Record",
+    "ScanBudget",
     "canonical_bytes",
     "decode_body",
     "decode_payload",
@@ -147,7 +158,19 @@ def encode_record(
     return b"".join((head, payload, crc, head)), digest
 
 
-def read_frame(buf: Buffer, offset: int, resync: bool = True) -> Frame:
+class ScanBudget:
+    """Bytes that resynchronisation may checksum in vain over one buffer."""
+
+    __slots__ = ("exhausted", "left")
+
+    def __init__(self, size: int) -> None:
+        self.left = 2 * max(0, size) + (1 << 20)
+        self.exhausted = False  # set when a scan stopped on the budget, not on the data
+
+
+def read_frame(
+    buf: Buffer, offset: int, resync: bool = True, budget: Optional[ScanBudget] = None
+) -> Frame:
     """Read the frame at ``offset`` of ``buf``; never raises.
 
     A frame that runs past the end is TORN only when nothing valid follows it:
@@ -165,7 +188,7 @@ def read_frame(buf: Buffer, offset: int, resync: bool = True) -> Frame:
     end = offset + 4 + size + 8
     if end > total:
         if _damaged_length(buf, offset, total) or (
-            resync and find_next_frame(buf, offset + 1) is not None
+            resync and find_next_frame(buf, offset + 1, budget) is not None
         ):
             return Frame(FrameStatus.CORRUPT, offset, total, b"", "length field damaged")
         return Frame(FrameStatus.TORN, offset, total, b"", f"frame of {size} bytes runs past end")
@@ -196,19 +219,38 @@ def _damaged_length(buf: Buffer, offset: int, total: int) -> bool:
     return bool(zlib.crc32(payload, zlib.crc32(_U32.pack(trailer))) == crc)
 
 
-def find_next_frame(buf: Buffer, start: int) -> Optional[int]:
-    """Offset of the next valid frame at or after ``start`` (resync after corruption)."""
-    data = bytes(buf) if isinstance(buf, memoryview) else buf
-    pos = start + 4
-    while True:
-        pos = data.find(bytes((_ARRAY6,)), pos)
-        if pos < 0:
+_INT = rb"(?:[\x00-\x7f\xe0-\xff]|[\xcc\xd0].|[\xcd\xd1].{2}|[\xce\xd2].{4}|[\xcf\xd3].{8})"
+_CANDIDATE = re.compile(
+    rb"(?=\x96" + _INT + rb"[\x01-\x04]" + _INT + rb"\xc4\x20.{32}\xc4\x20.{32}[\xc4\xc5\xc6])",
+    re.DOTALL,
+)
+
+
+def find_next_frame(buf: Buffer, start: int, budget: Optional[ScanBudget] = None) -> Optional[int]:
+    """Offset of the next valid frame at or after ``start`` (resync after corruption).
+
+    None when there is none, or when ``budget`` (one per buffer; a fresh one if not
+    given) is spent.
+    """
+    total = len(buf)
+    if budget is None:
+        budget = ScanBudget(total - start)
+    for match in _CANDIDATE.finditer(buf, max(0, start) + 4):
+        candidate = match.start() - 4
+        (size,) = _U32.unpack_from(buf, candidate)
+        end = candidate + 4 + size + 8
+        if size < _MIN_PAYLOAD or size > MAX_PAYLOAD or end > total:
+            continue
+        if _U32.unpack_from(buf, end - 4)[0] != size:
+            continue
+        if budget.left < size:
+            budget.exhausted = True
             return None
-        candidate = pos - 4
-        frame = read_frame(data, candidate, resync=False)
+        frame = read_frame(buf, candidate, resync=False)
         if frame.status is FrameStatus.OK and isinstance(decode_payload(frame.payload), Record):
             return candidate
-        pos += 1
+        budget.left -= size
+    return None
 
 
 def decode_payload(payload: bytes) -> Union[Record, str]:

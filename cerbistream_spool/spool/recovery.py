@@ -23,12 +23,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir
+from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir, read_regular
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir
 from cerbistream_spool.spool.record import (
     FrameStatus,
     Kind,
     Record,
+    ScanBudget,
     decode_payload,
     find_next_frame,
     read_frame,
@@ -56,7 +57,7 @@ class Tail:
     detail: str = ""
 
 
-def scan_tail(buf: bytes, decode_all: bool = False) -> Tail:
+def scan_tail(buf: bytes, decode_all: bool = False, budget: Optional[ScanBudget] = None) -> Tail:
     """Scan a segment image (header included) and classify how it ends.
 
     Every frame's length, trailer and CRC are checked; only the last valid
@@ -66,8 +67,10 @@ def scan_tail(buf: bytes, decode_all: bool = False) -> Tail:
     offset = HEADER_SIZE
     last_ok: Optional[Tuple[int, bytes]] = None
     count = 0
+    if budget is None:
+        budget = ScanBudget(len(buf))
     while True:
-        frame = read_frame(buf, offset)
+        frame = read_frame(buf, offset, budget=budget)
         if frame.status is FrameStatus.OK:
             if not decode_all or isinstance(decode_payload(frame.payload), Record):
                 last_ok, count, offset = (offset, frame.payload), count + 1, frame.end
@@ -77,13 +80,17 @@ def scan_tail(buf: bytes, decode_all: bool = False) -> Tail:
         if last_ok is not None:
             decoded = decode_payload(last_ok[1])
             if not isinstance(decoded, Record):
-                return scan_tail(buf, decode_all=True)
+                return scan_tail(buf, decode_all=True, budget=budget)
             last = decoded
         if frame.status is FrameStatus.END:
             return Tail(offset, last, count)
         if frame.status is FrameStatus.TORN:
             return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=frame.detail)
-        resync = find_next_frame(buf, offset + 1)
+        resync = find_next_frame(buf, offset + 1, budget)
+        if resync is None and budget.exhausted:  # crafted or badly damaged: keep it all
+            return Tail(
+                offset, last, count, corrupt_at=offset, detail=f"{frame.detail}; resync gave up"
+            )
         if resync is None:  # nothing valid after it: a torn (partially written) tail
             return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=frame.detail)
         return Tail(
@@ -91,17 +98,19 @@ def scan_tail(buf: bytes, decode_all: bool = False) -> Tail:
             last,
             count,
             corrupt_at=offset,
-            max_seq_after=_max_seq_from(buf, resync),
+            max_seq_after=_max_seq_from(buf, resync, budget),
             detail=frame.detail,
         )
 
 
-def _max_seq_from(buf: bytes, offset: int) -> Optional[int]:
+def _max_seq_from(buf: bytes, offset: int, budget: Optional[ScanBudget] = None) -> Optional[int]:
     """Highest seq among valid frames from ``offset`` on, resyncing past bad ones."""
     best: Optional[int] = None
     pos: Optional[int] = offset
+    if budget is None:
+        budget = ScanBudget(len(buf))
     while pos is not None:
-        frame = read_frame(buf, pos)
+        frame = read_frame(buf, pos, budget=budget)
         if frame.status is FrameStatus.OK:
             rec = decode_payload(frame.payload)
             if isinstance(rec, Record):
@@ -110,7 +119,7 @@ def _max_seq_from(buf: bytes, offset: int) -> Optional[int]:
             continue
         if frame.status is not FrameStatus.CORRUPT:
             return best
-        pos = find_next_frame(buf, pos + 1)
+        pos = find_next_frame(buf, pos + 1, budget)
     return best
 
 
@@ -167,8 +176,7 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
     if not segments:
         return state
     base, path = segments[-1]
-    with open(path, "rb") as fh:
-        buf = fh.read()
+    buf = read_regular(path)
     header = decode_header(buf)
     if isinstance(header, str) or header.base_seq != base or header.lane != lane:
         problem = header if isinstance(header, str) else "header names another lane or base"
@@ -227,8 +235,10 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
 
 def _last_record(path: str, seq: int, digest: bytes) -> Tuple[int, bytes]:
     """(seq, hash) of a sealed segment's last valid record, or the given defaults."""
-    with open(path, "rb") as fh:
-        buf = fh.read()
+    try:
+        buf = read_regular(path)
+    except OSError:  # gone or replaced by something foreign
+        return seq, digest
     header = decode_header(buf)
     if isinstance(header, str):
         return seq, digest

@@ -13,6 +13,10 @@ Header (little-endian, do not reorder)::
 
 Segments are named by base sequence, 20 digits zero-padded (Kafka style):
 ``00000000000000000001.seg``.
+
+A lane directory holds segments (regular files), ``cursor`` and the temp files of
+atomic replaces (``*.tmp``); anything else, or one of these names on something that is
+not a regular file, is foreign (:func:`lane_foreign`) and never opened.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import struct
 import zlib
 from typing import List, NamedTuple, Optional, Tuple, Union
 
-from cerbistream_spool.spool.fsio import FILE_MODE, fsync_dir, write_all
+from cerbistream_spool.spool.fsio import FILE_MODE, fsync_dir, list_entries, write_all
 
 __all__ = [
     "FLAG_KEYED",
@@ -33,6 +37,7 @@ __all__ = [
     "SegmentHeader",
     "create_segment",
     "decode_header",
+    "lane_foreign",
     "list_segments",
     "parse_segment_name",
     "segment_name",
@@ -93,24 +98,38 @@ def segment_name(base_seq: int) -> str:
 def parse_segment_name(name: str) -> Optional[int]:
     """The base sequence encoded in a segment file name, or None if not a segment."""
     stem, dot, suffix = name.partition(".")
-    if dot + suffix != SEGMENT_SUFFIX or len(stem) != 20 or not stem.isdigit():
-        return None
+    if dot + suffix != SEGMENT_SUFFIX or len(stem) != 20 or not _DIGITS.issuperset(stem):
+        return None  # str.isdigit() and int() would take Unicode digits too
     return int(stem)
 
 
-def list_segments(lane_dir: str) -> List[Tuple[int, str]]:
-    """``[(base_seq, path)]`` of a lane directory, oldest first."""
-    try:
-        names = os.listdir(lane_dir)
-    except FileNotFoundError:
-        return []
-    found = []
-    for name in names:
+_DIGITS = frozenset("0123456789")
+_OWN_FILES = ("cursor", "cursor.tmp")
+
+
+def _classify(lane_dir: str) -> Tuple[List[Tuple[int, str]], List[str]]:
+    segments, foreign = [], []
+    for name, kind in list_entries(lane_dir):
         base = parse_segment_name(name)
-        if base is not None:
-            found.append((base, os.path.join(lane_dir, name)))
-    found.sort()
-    return found
+        if kind == "file" and base is not None:
+            segments.append((base, os.path.join(lane_dir, name)))
+        elif kind != "file" or not (
+            name in _OWN_FILES
+            or (name.endswith(".tmp") and parse_segment_name(name[:-4]) is not None)
+        ):
+            foreign.append(name)
+    segments.sort()
+    return segments, sorted(foreign)
+
+
+def list_segments(lane_dir: str) -> List[Tuple[int, str]]:
+    """``[(base_seq, path)]`` of the segment files of a lane directory, oldest first."""
+    return _classify(lane_dir)[0]
+
+
+def lane_foreign(lane_dir: str) -> List[str]:
+    """Names in a lane directory that are not its segments, cursor or temp files."""
+    return _classify(lane_dir)[1]
 
 
 def create_segment(lane_dir: str, header: SegmentHeader) -> Tuple[int, str]:
