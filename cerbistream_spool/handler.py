@@ -70,6 +70,7 @@ class SpoolHandler(logging.Handler):
         self._watcher: Optional[GovernanceWatcher] = None
         self._drainer: Any = None
         self._closed = False
+        self._closed_stats: Dict[str, Any] = {}
         self._open_lock = threading.Lock()
         self._owed = 0  # drops while no writer was open: a gap record once one opens
         self._restart_drainer = False
@@ -180,13 +181,13 @@ class SpoolHandler(logging.Handler):
             writer, self._writer = self._writer, None
             if writer is not None:
                 writer.close()
+                self._closed_stats = writer.stats()  # stats() keeps counting from here
         finally:
             super().close()
 
     # -- stats -------------------------------------------------------------------------
 
     def stats(self) -> Dict[str, Any]:
-        """Watermarks and counters (CONTRACT §4)."""
         """Counts of events (never markers) and the lane's watermarks (docs/OPERATIONS.md).
 
         While no append is under way, ``accepted == delivered + pending_records +
@@ -199,10 +200,11 @@ class SpoolHandler(logging.Handler):
             "oldest_pending_age_s": None,
             "last_error": None,
         }
-        ws: Dict[str, Any] = {}
+        ws: Dict[str, Any] = self._closed_stats
         if writer is not None:
             ws = writer.stats()
-            out.update(ws)
+        out.update(ws)
+        if writer is not None:
             oldest = oldest_pending_ns(self.spool_dir, writer.lane)
             if oldest is not None:
                 out["oldest_pending_age_s"] = max(0.0, (time.time_ns() - oldest) / 1e9)

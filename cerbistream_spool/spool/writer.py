@@ -226,6 +226,7 @@ class SpoolWriter:
                 return
             self._closed = True
             try:
+                self._check_lane(_time_ns())  # the close record goes where the spool is now
                 self._write_pending_gap()
                 self._write(Kind.CLOSE, encode_body({"pid": os.getpid()}))
             except (OSError, SpoolError) as exc:
@@ -592,6 +593,9 @@ class SpoolWriter:
         while not self._stop.wait(self.config.fsync_interval_s):
             try:
                 self._sync()
+                with self._lock:  # an idle app notices a vanished spool too
+                    if not self._closed:
+                        self._check_lane(_time_ns())
             except OSError as exc:
                 self._last_error = f"fsync failed: {exc}"
 
