@@ -29,7 +29,7 @@ from cerbistream_spool.governance_watch import GovernanceWatcher
 from cerbistream_spool.spool.config import MiB, SpoolConfig
 from cerbistream_spool.spool.reader import oldest_pending_ns
 from cerbistream_spool.spool.record import Kind
-from cerbistream_spool.spool.writer import SpoolWriter
+from cerbistream_spool.spool.writer import SpoolWriter, forget_inherited_lock
 
 __all__ = ["DEFAULT_QUEUE", "SpoolHandler"]
 
@@ -332,6 +332,8 @@ class SpoolHandler(logging.Handler):
         self._last_error = None
         self._restart_drainer = self._restart_drainer or self._drainer is not None
         self._restart_watcher = self._restart_watcher or self._watcher is not None
+        if self._drainer is not None:  # its drain lock belongs to the parent
+            forget_inherited_lock(getattr(self._drainer, "_lock", None))
         self._drainer = None
         self._watcher = None
 

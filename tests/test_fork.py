@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -149,7 +150,9 @@ def test_a_child_never_unlocks_or_writes_its_parents_lane(spool_dir: str) -> Non
     writer = handler.writer
     assert writer is not None
     parent_lane = writer.lane
-    pid = os.fork()
+    with warnings.catch_warnings():  # 3.12+ warns when pytest's process has other threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover — runs in the child
         code = 1
         try:

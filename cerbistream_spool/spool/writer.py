@@ -55,7 +55,7 @@ from cerbistream_spool.spool.segments import (
     list_segments,
 )
 
-__all__ = ["SpoolWriter"]
+__all__ = ["SpoolWriter", "forget_inherited_lock"]
 
 _EVENT = int(Kind.EVENT)
 _time_ns = time.time_ns
@@ -677,7 +677,7 @@ class SpoolWriter:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        _forget_lock(self._lane_lock)
+        forget_inherited_lock(self._lane_lock)
 
 
 def _inode(path: str) -> Tuple[int, int]:
@@ -685,7 +685,7 @@ def _inode(path: str) -> Tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _forget_lock(lock: Any) -> None:
+def forget_inherited_lock(lock: Any) -> None:
     """Close a lock's inherited descriptor without ``flock(LOCK_UN)``.
 
     filelock >= 4 does this itself at fork (``lock_file_fd`` is then None);
