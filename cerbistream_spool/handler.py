@@ -75,6 +75,7 @@ class SpoolHandler(logging.Handler):
         self._owed = 0  # drops while no writer was open: a gap record once one opens
         self._restart_drainer = False
         self._restart_watcher = False
+        self._forked = False
         _HANDLERS.add(self)
         self._encoder = EventEncoder(  # validates the envelope options
             tenant_id=tenant_id,
@@ -292,6 +293,9 @@ class SpoolHandler(logging.Handler):
             if self._restart_drainer:
                 self._restart_drainer = False
                 self._start_drainer()
+            if self._forked:
+                self._forked = False
+                _close_at_worker_exit(self)
             return self._writer
 
     def _set_governance(self, governance: Governance) -> None:
@@ -327,6 +331,7 @@ class SpoolHandler(logging.Handler):
         """
         self._open_lock = threading.Lock()
         self._writer = None
+        self._forked = True
         self._next_open = 0.0
         self._dropped = self._owed = self._suppressed = 0
         self._last_error = None
@@ -336,6 +341,15 @@ class SpoolHandler(logging.Handler):
             forget_inherited_lock(getattr(self._drainer, "_lock", None))
         self._drainer = None
         self._watcher = None
+
+
+def _close_at_worker_exit(handler: SpoolHandler) -> None:
+    """A ``multiprocessing`` child leaves with ``os._exit`` (no ``logging.shutdown``):
+    close the handler from its exit finalizers, so the child's lane ends with a close
+    record. Registered on the child's first open (``Process`` clears earlier ones)."""
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(handler, handler.close, exitpriority=10)
 
 
 def _forget_handlers_in_child() -> None:

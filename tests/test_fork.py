@@ -178,3 +178,35 @@ def test_a_child_never_unlocks_or_writes_its_parents_lane(spool_dir: str) -> Non
     lanes = {lane: e["RawPayload"]["message"] for lane, e in events_on_disk(spool_dir)}
     assert lanes[parent_lane] == "from the parent"
     assert sorted(lanes.values()) == ["from the child", "from the parent"]
+
+
+def _mp_worker(handler: SpoolHandler, proc: int) -> None:
+    log = logging.getLogger(f"mp-worker.{id(handler)}")
+    log.propagate, log.handlers = False, [handler]
+    log.setLevel(logging.INFO)
+    for k in range(20):
+        log.info("mp %d %d", proc, k, extra={"proc": proc, "k": k})
+
+
+def test_multiprocessing_fork_children_close_their_lanes_on_exit(spool_dir: str) -> None:
+    """``multiprocessing`` (fork) children exit with ``os._exit``: their lanes still end
+    with close records, so verify finds no lane without one."""
+    import multiprocessing  # noqa: PLC0415
+
+    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", fsync="never", drain=False)
+    ctx = multiprocessing.get_context("fork")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        procs = [ctx.Process(target=_mp_worker, args=(handler, p)) for p in range(2)]
+        for p in procs:
+            p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    _mp_worker(handler, -1)
+    handler.close()
+    report = verify(spool_dir)
+    assert report.valid, report.problems
+    on_disk = events_on_disk(spool_dir)
+    keys = sorted((e["RawPayload"]["proc"], e["RawPayload"]["k"]) for _, e in on_disk)
+    assert keys == sorted((p, k) for p in range(-1, 2) for k in range(20))
