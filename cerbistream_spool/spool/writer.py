@@ -188,7 +188,10 @@ class SpoolWriter:
                     else "spool writer is closed"
                 )
             try:
-                if self._fixed_bytes + self._seg_size + len(body) + 128 > self._max_spool:
+                if (
+                    self._fixed_bytes + self._seg_size + len(body) + 128 > self._max_spool
+                    and kind == _EVENT  # markers (gaps) are small and must not be refused
+                ):
                     self._make_room(len(body) + 128)
                 if self._dropped_unrecorded:
                     self._write_pending_gap()
@@ -534,21 +537,20 @@ class SpoolWriter:
     def _write_pending_gap(self) -> None:
         """One gap record per reason owed; a reason stays owed until its gap is written."""
         while self._unrecorded:
-            reason, (count, detail) = next(iter(self._unrecorded.items()))
-            self._write(
-                Kind.GAP,
-                encode_body(
-                    {
-                        "reason": reason,
-                        "count": count,
-                        "first_seq": None,
-                        "last_seq": None,
-                        "detail": detail,
-                    }
-                ),
-            )
-            del self._unrecorded[reason]
+            reason, (count, detail) = self._unrecorded.popitem()
             self._dropped_unrecorded -= count
+            body = {
+                "reason": reason,
+                "count": count,
+                "first_seq": None,
+                "last_seq": None,
+                "detail": detail,
+            }
+            try:
+                self._write(Kind.GAP, encode_body(body))
+            except BaseException:
+                self._owe_gap(reason, count, detail)
+                raise
 
     def notify_space(self) -> None:
         """Space was freed (the drainer calls this after deleting): re-read sizes, wake waiters."""
