@@ -364,6 +364,13 @@ class SpoolWriter:
         self._check_at = now + _CHECK_NS
         if self._adrift or self._lane_gone():
             self._reopen_vanished()
+            return
+        try:  # what is delivered stays known should the files vanish later
+            cursor = load_cursor(self._dir, self.lane)
+        except OSError:
+            return
+        if cursor is not None and cursor.acked_seq > self._last_acked:
+            self._last_acked = cursor.acked_seq
 
     def _lane_gone(self) -> bool:
         """True when the active segment was unlinked or the lane directory replaced."""
@@ -377,7 +384,8 @@ class SpoolWriter:
 
     def _reopen_vanished(self) -> None:
         """Count what went with the old files as lost, take a fresh lane, owe a gap."""
-        old_lane, first, last = self.lane, self._first_seq, self._accepted
+        old_lane, last = self.lane, self._accepted
+        first = max(self._first_seq, self._last_acked + 1)
         lane_events = self._events - self._prior_events
         delivered = self._delivered_events(self._last_acked)
         lost = max(0, lane_events - delivered - self._lost_events(last))
