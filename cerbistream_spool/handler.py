@@ -4,6 +4,11 @@ The contract (CONTRACT §4): ``emit`` never raises into the app and never
 touches the network; a returned ``emit`` is in the OS (``always``: on disk).
 Problems are counted in ``stats()`` and reported on stderr, rate-limited,
 never through ``logging`` (that would feed this handler).
+
+Fork (gunicorn ``--preload``, uwsgi, celery prefork, ``multiprocessing`` fork):
+the ``after_in_child`` hook forgets the parent's writer, drainer and watcher;
+the child opens a lane of its own on its first emit and, with ``drain=True``,
+starts a drainer that stands by on the spool's drain lock.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Dict, Optional
 
 from cerbistream_spool.diagnostics import Reporter, guard
@@ -23,13 +29,14 @@ from cerbistream_spool.governance_watch import GovernanceWatcher
 from cerbistream_spool.spool.config import MiB, SpoolConfig
 from cerbistream_spool.spool.reader import oldest_pending_ns
 from cerbistream_spool.spool.record import Kind
-from cerbistream_spool.spool.writer import SpoolWriter
+from cerbistream_spool.spool.writer import SpoolWriter, forget_inherited_lock
 
 __all__ = ["DEFAULT_QUEUE", "SpoolHandler"]
 
 DEFAULT_QUEUE = "cerbishield.log-scoring"
 CONNECTION_ENV = "CERBISTREAM_SERVICEBUS_CONNECTION"
 _REOPEN_EVERY_S = 5.0
+_HANDLERS: weakref.WeakSet[SpoolHandler] = weakref.WeakSet()
 
 
 class SpoolHandler(logging.Handler):
@@ -62,6 +69,14 @@ class SpoolHandler(logging.Handler):
         self._writer: Optional[SpoolWriter] = None
         self._watcher: Optional[GovernanceWatcher] = None
         self._drainer: Any = None
+        self._closed = False
+        self._closed_stats: Dict[str, Any] = {}
+        self._open_lock = threading.Lock()
+        self._owed = 0  # drops while no writer was open: a gap record once one opens
+        self._restart_drainer = False
+        self._restart_watcher = False
+        self._forked = False
+        _HANDLERS.add(self)
         self._encoder = EventEncoder(  # validates the envelope options
             tenant_id=tenant_id,
             app_name=app_name,
@@ -94,18 +109,11 @@ class SpoolHandler(logging.Handler):
         self._dropped = 0
         self._suppressed = 0
         self._last_error: Optional[str] = None
-        self._open_lock = threading.Lock()
         self._next_open = 0.0
+        self._governance_config_path = governance_config_path
         self._open_writer()
         if governance_config_path:
-            self._watcher = GovernanceWatcher(
-                governance_config_path,
-                governance_profile,
-                self._governance,
-                on_change=self._set_governance,
-                on_error=self._governance_error,
-            )
-            self._watcher.start()
+            self._start_watcher()
         if drain and self.connection_string:
             self._start_drainer()
 
@@ -137,11 +145,16 @@ class SpoolHandler(logging.Handler):
         return rv
 
     def handleError(self, record: logging.LogRecord) -> None:
-        """Count the record as dropped and report once per interval (no traceback flood)."""
+        """Count the record as dropped (a gap record follows) and report once per interval."""
         exc = sys.exc_info()[1]
         self._dropped += 1
         self._last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
         self._reporter.report("emit", f"record dropped: {self._last_error}")
+        writer = self._writer
+        if writer is not None and not writer.closed:
+            writer.note_loss("emit-error", 1, f"record dropped: {self._last_error}")
+        elif not self._closed:
+            self._owed += 1
 
     def flush(self) -> None:
         """Return once every record accepted so far is on disk (fsync)."""
@@ -154,7 +167,11 @@ class SpoolHandler(logging.Handler):
                 self._reporter.report("flush", self._last_error)
 
     def close(self) -> None:
-        """Stop the drainer and watcher (bounded), flush, write the close marker, release."""
+        """Stop the drainer and watcher (bounded), flush, write the close marker, release.
+
+        Records logged afterwards are dropped and counted (``stats()["dropped"]``).
+        """
+        self._closed = True
         try:
             if self._drainer is not None:
                 self._drainer.stop()
@@ -165,32 +182,50 @@ class SpoolHandler(logging.Handler):
             writer, self._writer = self._writer, None
             if writer is not None:
                 writer.close()
+                self._closed_stats = writer.stats()  # stats() keeps counting from here
         finally:
             super().close()
 
     # -- stats -------------------------------------------------------------------------
 
     def stats(self) -> Dict[str, Any]:
-        """Watermarks and counters (CONTRACT §4)."""
+        """Counts of events (never markers) and the lane's watermarks (docs/OPERATIONS.md).
+
+        While no append is under way, ``accepted == delivered + pending_records +
+        dropped + lost``.
+        """
         writer = self._writer
         out: Dict[str, Any] = {
-            "accepted": 0,
-            "durable": 0,
-            "delivered": 0,
             "pending_records": 0,
             "pending_bytes": 0,
             "oldest_pending_age_s": None,
-            "dropped": 0,
             "last_error": None,
         }
+        ws: Dict[str, Any] = self._closed_stats
         if writer is not None:
-            out.update(writer.stats())
+            ws = writer.stats()
+        out.update(ws)
+        if writer is not None:
             oldest = oldest_pending_ns(self.spool_dir, writer.lane)
             if oldest is not None:
                 out["oldest_pending_age_s"] = max(0.0, (time.time_ns() - oldest) / 1e9)
         drain = self._drainer.stats() if self._drainer is not None else None
-        out["drain"] = drain  # the drainer's counters; "delivered" above is the watermark
-        out["dropped"] = out.get("dropped", 0) + self._dropped
+        out["drain"] = drain  # the drainer's counters; "delivered" below counts events
+        # records the drainer passed without delivering them: the cursor is beyond them
+        unsent = (drain or {}).get("dead_lettered", 0) + (drain or {}).get("corrupt_records", 0)
+        dropped = ws.get("dropped", 0) + self._dropped
+        out.update(
+            accepted=ws.get("events", 0) + dropped,
+            durable=ws.get("events_durable", 0),
+            delivered=ws.get("events_delivered", 0) - unsent,
+            dropped=dropped,
+            lost=ws.get("lost", 0) + unsent,
+            accepted_seq=ws.get("accepted", 0),
+            durable_seq=ws.get("durable", 0),
+            delivered_seq=ws.get("delivered", 0),
+        )
+        for key in ("events", "events_durable", "events_delivered"):
+            out.pop(key, None)
         out["suppressed"] = self._suppressed
         out["last_error"] = (
             (drain or {}).get("last_error") or self._last_error or out.get("last_error")
@@ -219,14 +254,15 @@ class SpoolHandler(logging.Handler):
         writer = self._writer or self._open_writer()
         if writer is None:
             self._dropped += 1
+            if not self._closed:
+                self._owed += 1  # a gap record once the spool opens
             return
         try:
             writer.append_body(body, Kind.EVENT)
         except SpoolFullError as exc:  # counted by the writer; a gap record follows
             self._last_error = str(exc)
             self._reporter.report("full", str(exc))
-        except OSError as exc:  # disk full, read-only, I/O error: count, report, go on
-            self._dropped += 1
+        except OSError as exc:  # disk full, read-only, I/O error: the writer counted it
             self._last_error = f"spool write failed: {exc}"
             self._reporter.report("write", f"record dropped: {self._last_error}")
         else:
@@ -236,6 +272,8 @@ class SpoolHandler(logging.Handler):
     def _open_writer(self) -> Optional[SpoolWriter]:
         """Open the spool; on failure degrade (count drops) and retry every few seconds."""
         with self._open_lock:
+            if self._closed:
+                return None
             if self._writer is not None or time.monotonic() < self._next_open:
                 return self._writer
             try:
@@ -247,6 +285,17 @@ class SpoolHandler(logging.Handler):
                 return None
             for note in self._writer.recovery_notes:
                 self._reporter.report(f"recovery:{note}", f"recovered {self.spool_dir}: {note}")
+            owed, self._owed = self._owed, 0
+            self._writer.note_loss("write-error", owed, "dropped: the spool could not be opened")
+            if self._restart_watcher:  # a forked child: the parent's threads did not come along
+                self._restart_watcher = False
+                self._start_watcher()
+            if self._restart_drainer:
+                self._restart_drainer = False
+                self._start_drainer()
+            if self._forked:
+                self._forked = False
+                _close_at_worker_exit(self)
             return self._writer
 
     def _set_governance(self, governance: Governance) -> None:
@@ -256,8 +305,57 @@ class SpoolHandler(logging.Handler):
         self._last_error = f"governance reload rejected, old rules kept: {exc}"
         self._reporter.report(f"governance:{exc}", self._last_error)
 
+    def _start_watcher(self) -> None:
+        assert self._governance_config_path is not None
+        self._watcher = GovernanceWatcher(
+            self._governance_config_path,
+            self.governance_profile,
+            self._governance,
+            on_change=self._set_governance,
+            on_error=self._governance_error,
+        )
+        self._watcher.start()
+
     def _start_drainer(self) -> None:
         from cerbistream_spool.drain import Drainer  # noqa: PLC0415 — optional part
 
         self._drainer = Drainer.for_handler(self)
         self._drainer.start()
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: forget the parent's writer, drainer and watcher.
+
+        Their threads did not survive the fork and their locks may be held by
+        parent threads; the child opens its own lane on its first emit, and
+        restarts the watcher and (with ``drain=True``) a drainer there.
+        """
+        self._open_lock = threading.Lock()
+        self._writer = None
+        self._forked = True
+        self._next_open = 0.0
+        self._dropped = self._owed = self._suppressed = 0
+        self._last_error = None
+        self._restart_drainer = self._restart_drainer or self._drainer is not None
+        self._restart_watcher = self._restart_watcher or self._watcher is not None
+        if self._drainer is not None:  # its drain lock belongs to the parent
+            forget_inherited_lock(getattr(self._drainer, "_lock", None))
+        self._drainer = None
+        self._watcher = None
+
+
+def _close_at_worker_exit(handler: SpoolHandler) -> None:
+    """A ``multiprocessing`` child leaves with ``os._exit`` (no ``logging.shutdown``):
+    close the handler from its exit finalizers, so the child's lane ends with a close
+    record. Registered on the child's first open (``Process`` clears earlier ones)."""
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(handler, handler.close, exitpriority=10)
+
+
+def _forget_handlers_in_child() -> None:
+    for handler in list(_HANDLERS):
+        handler._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX: each forked child spools through a lane of its own
+    os.register_at_fork(after_in_child=_forget_handlers_in_child)

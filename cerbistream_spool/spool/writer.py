@@ -11,14 +11,32 @@ Order of operations (DESIGN-NOTES lesson 2):
 
 Watermarks (sequence numbers of this lane): ``accepted`` (written to the OS),
 ``durable`` (fsynced). ``delivered`` belongs to the reader's cursor.
+
+Counts (events of this writer, never markers): ``events`` written, ``dropped``
+(never written: size cap refused, write failed), ``lost`` (written, then gone
+undelivered: ``drop_oldest``, the lane's files vanished). Every drop is a gap
+record as soon as a write succeeds again (``note_loss`` adds drops counted
+elsewhere, e.g. by the handler).
+
+Fork: a forked child never writes through a writer it inherited; the
+``after_in_child`` hook closes its descriptors without unlocking the lane (an
+``flock`` is shared with the parent) and marks it closed.
+
+Vanished directory: at most every ``_CHECK_NS`` (a clock compare on the append
+path) and at rotation, the active segment's link count and the lane
+directory's inode are checked; when the files are gone the writer takes a
+fresh lane and writes a ``vanished`` gap counting the undelivered events.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 from cerbistream_spool.errors import SpoolClosedError, SpoolError, SpoolFullError
@@ -37,12 +55,14 @@ from cerbistream_spool.spool.segments import (
     list_segments,
 )
 
-__all__ = ["SpoolWriter"]
+__all__ = ["SpoolWriter", "forget_inherited_lock"]
 
 _EVENT = int(Kind.EVENT)
 _time_ns = time.time_ns
 _REFRESH_MIN_S = 0.05  # at most one directory walk per 50 ms while over the size cap
 _COMMITTER_CHECK_S = 1.0  # how often a waiting appender checks that the committer lives
+_CHECK_NS = 100_000_000  # how often (at most) the append path checks the lane's files still exist
+_WRITERS: weakref.WeakSet[SpoolWriter] = weakref.WeakSet()
 
 
 class SpoolWriter:
@@ -70,14 +90,24 @@ class SpoolWriter:
         self._space = threading.Event()
         self._closed = False
         self._fd: Optional[int] = None
-        self._dropped = 0
-        self._dropped_unrecorded = 0
+        self._dropped = 0  # events never written (size cap, write errors)
+        self._lost = 0  # events written, then gone undelivered (drop_oldest, vanished files)
+        self._events = 0  # events written by this writer
+        self._prior_events = 0  # ... of them into lanes that have vanished since
+        self._prior_delivered = 0  # ... of those, delivered before they vanished
+        self._unrecorded: Dict[str, List[Any]] = {}  # reason -> [count, detail]: gaps owed
+        self._dropped_unrecorded = 0  # sum of the counts above (the hot path tests this)
         self._last_error: Optional[str] = None
         self._last_refresh = 0.0
+        self._check_at = 0
+        self._adrift = False  # the lane's files vanished and no new lane is open yet
+        self._inherited = False
         ensure_dir(self.spool_dir)
         self.lane, self._lane_lock = acquire_lane(self.spool_dir, self.config.max_lanes)
+        _WRITERS.add(self)  # from here on a fork forgets this writer in the child
         try:
-            self._open_lane()
+            with self._lock:
+                self._open_lane()
         except BaseException:
             self._release()
             raise
@@ -93,6 +123,7 @@ class SpoolWriter:
     # -- open -----------------------------------------------------------------
 
     def _open_lane(self) -> None:
+        """Recover the lane, then write its open record (caller holds ``self._lock``)."""
         self._dir = lane_dir(self.spool_dir, self.lane)
         state = recover_lane(self.spool_dir, self.lane)
         self.recovery_notes: List[str] = state.notes
@@ -105,6 +136,8 @@ class SpoolWriter:
         self._seg_records = self._seg_size = self._seg_base = self._seg_created_ns = 0
         self._seg_path = ""
         self._markers: List[int] = []  # seqs of the marker/gap records written by this writer
+        self._lost_ranges: List[Tuple[int, int]] = []  # seq ranges of ours that drop_oldest removed
+        self._last_acked = 0
         if state.active is not None:
             base, path, header, size = state.active
             if header.flags != self._flags and size > HEADER_SIZE:
@@ -122,20 +155,21 @@ class SpoolWriter:
         self._refresh_sizes(force=True)
         if self._fd is None:
             self._new_segment()
-        with self._lock:
-            for gap in state.gaps:
-                self._write(Kind.GAP, encode_body(gap))
-            self._write(
-                Kind.OPEN,
-                encode_body(
-                    {
-                        "pid": os.getpid(),
-                        "clean": state.clean,
-                        "truncated_bytes": state.truncated_bytes,
-                        "notes": state.notes,
-                    }
-                ),
-            )
+        self._dir_id = _inode(self._dir)
+        for gap in state.gaps:
+            self._write(Kind.GAP, encode_body(gap))
+        self._write(
+            Kind.OPEN,
+            encode_body(
+                {
+                    "pid": os.getpid(),
+                    "clean": state.clean,
+                    "truncated_bytes": state.truncated_bytes,
+                    "notes": state.notes,
+                }
+            ),
+        )
+        self._first_seq = self._next_seq  # the first seq this writer can give an event
         self._sync()
 
     # -- public API -------------------------------------------------------------
@@ -148,12 +182,27 @@ class SpoolWriter:
         """Append an already msgpack-encoded body; returns its sequence number."""
         with self._lock:
             if self._closed:
-                raise SpoolClosedError("spool writer is closed")
-            if self._fixed_bytes + self._seg_size + len(body) + 128 > self._max_spool:
-                self._make_room(len(body) + 128)
-            if self._dropped_unrecorded:
-                self._write_pending_gap()
-            seq = self._write(int(kind), body)
+                raise SpoolClosedError(
+                    "spool writer was inherited from the parent process"
+                    if self._inherited
+                    else "spool writer is closed"
+                )
+            try:
+                if (
+                    self._fixed_bytes + self._seg_size + len(body) + 128 > self._max_spool
+                    and kind == _EVENT  # markers (gaps) are small and must not be refused
+                ):
+                    self._make_room(len(body) + 128)
+                if self._dropped_unrecorded:
+                    self._write_pending_gap()
+                seq = self._write(int(kind), body)
+            except OSError as exc:
+                if kind == _EVENT:
+                    self._dropped += 1
+                    self._owe_gap("write-error", 1, f"write failed: {exc}")
+                raise
+            if kind == _EVENT:
+                self._events += 1
         if self._always:
             self._await_durable(seq)
         return seq
@@ -162,6 +211,17 @@ class SpoolWriter:
         """Return once every record accepted so far is fsynced."""
         self._sync()
 
+    def note_loss(self, reason: str, count: int, detail: str) -> None:
+        """Owe a gap record for ``count`` events dropped before reaching this writer.
+
+        The caller counts them; the gap is written before the next record (or the
+        close record).
+        """
+        if count <= 0:
+            return
+        with self._lock:
+            self._owe_gap(reason, count, detail)
+
     def close(self) -> None:
         """Write the clean-close marker, fsync, stop the flusher, release the lane."""
         with self._lock:
@@ -169,6 +229,7 @@ class SpoolWriter:
                 return
             self._closed = True
             try:
+                self._check_lane(_time_ns())  # the close record goes where the spool is now
                 self._write_pending_gap()
                 self._write(Kind.CLOSE, encode_body({"pid": os.getpid()}))
             except (OSError, SpoolError) as exc:
@@ -185,10 +246,20 @@ class SpoolWriter:
 
     def stats(self) -> Dict[str, Any]:
         """Watermarks and counters of this lane."""
-        cursor = load_cursor(self._dir, self.lane)
-        delivered = cursor.acked_seq if cursor else 0
         with self._lock:
-            pending = self._pending_events(delivered)
+            lane_dir_now = self._dir
+        try:
+            cursor = load_cursor(lane_dir_now, self.lane)
+        except OSError:
+            cursor = None
+        with self._lock:
+            if cursor is not None and self._dir == lane_dir_now:
+                self._last_acked = max(self._last_acked, cursor.acked_seq)
+            delivered = self._last_acked
+            lane_events = self._events - self._prior_events
+            delivered_events = self._delivered_events(delivered)
+            lost_here = self._lost_events(self._accepted)
+            pending = max(0, lane_events - delivered_events - lost_here)
             return {
                 "lane": self.lane,
                 "accepted": self._accepted,
@@ -198,17 +269,29 @@ class SpoolWriter:
                 # an upper bound: the lane's bytes on disk, delivered records not yet unlinked
                 "pending_bytes": self._lane_bytes() if pending else 0,
                 "dropped": self._dropped,
+                "lost": self._lost,
+                "events": self._events,
+                "events_durable": self._prior_events + self._events_between(1, self._durable),
+                "events_delivered": self._prior_delivered + delivered_events,
                 "last_error": self._last_error,
             }
 
-    def _pending_events(self, delivered: int) -> int:
-        """Records above ``delivered`` minus this writer's markers among them (caller locks).
+    def _events_between(self, lo: int, hi: int) -> int:
+        """Events of this writer with ``lo <= seq <= hi`` in the current lane (caller locks)."""
+        lo = max(lo, self._first_seq)
+        hi = min(hi, self._accepted)
+        if hi < lo:
+            return 0
+        markers = bisect.bisect_right(self._markers, hi) - bisect.bisect_left(self._markers, lo)
+        return hi - lo + 1 - markers
 
-        Markers written by earlier sessions of the lane (two per restart) are not
-        known without a scan and still count; ``cerbispool status`` counts exactly.
-        """
-        self._markers = [seq for seq in self._markers if seq > delivered]
-        return max(0, self._accepted - delivered - len(self._markers))
+    def _lost_events(self, upto: int) -> int:
+        """Events of the current lane up to ``upto`` that drop_oldest removed (caller locks)."""
+        return sum(self._events_between(lo, min(hi, upto)) for lo, hi in self._lost_ranges)
+
+    def _delivered_events(self, acked: int) -> int:
+        """Events of the current lane the cursor has passed, less those removed unsent."""
+        return self._events_between(1, acked) - self._lost_events(acked)
 
     @property
     def closed(self) -> bool:
@@ -225,8 +308,9 @@ class SpoolWriter:
 
     def _write(self, kind: int, body: bytes) -> int:
         """Frame and write one record (the hot path: keep it flat)."""
-        seq = self._next_seq
         now = _time_ns()
+        if now > self._check_at:
+            self._check_lane(now)
         if self._seg_records and (
             self._seg_size + len(body) + 128 > self._max_segment
             or now - self._seg_created_ns > self._max_age_ns
@@ -234,9 +318,13 @@ class SpoolWriter:
             self._rotate()
         fd = self._fd
         if fd is None:
-            self._new_segment()
+            if self._adrift:
+                self._reopen_vanished()
+            else:
+                self._new_segment()
             fd = self._fd
             assert fd is not None
+        seq = self._next_seq
         frame, digest = encode_record(seq, kind, now, self._last_hash, body, self._chain)
         try:
             written = os.write(fd, frame)
@@ -265,7 +353,68 @@ class SpoolWriter:
 
     def _rotate(self) -> None:
         self._seal(fsync=True)
+        if self._lane_gone():
+            self._reopen_vanished()
+            return
         self._new_segment()
+
+    # -- vanished spool directory (caller holds self._lock) ----------------------------
+
+    def _check_lane(self, now: int) -> None:
+        self._check_at = now + _CHECK_NS
+        if self._adrift or self._lane_gone():
+            self._reopen_vanished()
+            return
+        try:  # what is delivered stays known should the files vanish later
+            cursor = load_cursor(self._dir, self.lane)
+        except OSError:
+            return
+        if cursor is not None and cursor.acked_seq > self._last_acked:
+            self._last_acked = cursor.acked_seq
+
+    def _lane_gone(self) -> bool:
+        """True when the active segment was unlinked or the lane directory replaced."""
+        fd = self._fd
+        try:
+            if fd is not None and os.fstat(fd).st_nlink == 0:
+                return True
+            return _inode(self._dir) != self._dir_id
+        except OSError:
+            return True
+
+    def _reopen_vanished(self) -> None:
+        """Count what went with the old files as lost, take a fresh lane, owe a gap."""
+        old_lane, last = self.lane, self._accepted
+        first = max(self._first_seq, self._last_acked + 1)
+        lane_events = self._events - self._prior_events
+        delivered = self._delivered_events(self._last_acked)
+        lost = max(0, lane_events - delivered - self._lost_events(last))
+        with self._sync_cond:
+            while self._syncing:
+                self._sync_cond.wait()
+            fd, self._fd = self._fd, None
+            if self._durable < self._accepted:
+                self._failed = (self._accepted, "the spool directory vanished before fsync")
+            self._sync_cond.notify_all()
+        if fd is not None:
+            os.close(fd)
+        self._adrift = True
+        self._prior_events = self._events
+        self._prior_delivered += delivered
+        self._lost += lost
+        self._owe_gap(
+            "vanished",
+            lost,
+            f"lane {old_lane} seq {first}..{last}: files removed before delivery",
+        )
+        self._release()
+        self._check_at = _time_ns() + _CHECK_NS
+        ensure_dir(self.spool_dir)
+        self.lane, self._lane_lock = acquire_lane(self.spool_dir, self.config.max_lanes)
+        self._open_lane()
+        self._adrift = False
+        self._last_error = f"spool files of lane {old_lane} vanished; now on lane {self.lane}"
+        self._write_pending_gap()
 
     def _seal(self, fsync: bool) -> None:
         with self._sync_cond:
@@ -342,7 +491,7 @@ class SpoolWriter:
             if not self._over_cap(need):
                 return
         self._dropped += 1
-        self._dropped_unrecorded += 1
+        self._owe_gap("overflow", 1, f"{policy}: max_spool_bytes reached")
         raise SpoolFullError(
             f"spool {self.spool_dir} is full ({self.config.max_spool_bytes} bytes); record dropped"
         )
@@ -365,7 +514,9 @@ class SpoolWriter:
             except FileNotFoundError:
                 continue
             if last > acked:
-                self._dropped += last - max(base, acked + 1) + 1
+                lo = max(base, acked + 1)
+                self._lost += self._events_between(lo, last)
+                self._lost_ranges.append((lo, last))
                 dropped_to = last
         fsync_dir(self._dir)
         if dropped_to:
@@ -382,23 +533,32 @@ class SpoolWriter:
                 ),
             )
 
-    def _write_pending_gap(self) -> None:
-        if not self._dropped_unrecorded:
+    def _owe_gap(self, reason: str, count: int, detail: str) -> None:
+        """Remember ``count`` lost events for the next gap record (caller locks)."""
+        if count <= 0:
             return
-        count = self._dropped_unrecorded
-        self._write(
-            Kind.GAP,
-            encode_body(
-                {
-                    "reason": "overflow",
-                    "count": count,
-                    "first_seq": None,
-                    "last_seq": None,
-                    "detail": f"{self.config.overflow}: max_spool_bytes reached",
-                }
-            ),
-        )
-        self._dropped_unrecorded = 0
+        owed = self._unrecorded.setdefault(reason, [0, detail])
+        owed[0] += count
+        owed[1] = detail
+        self._dropped_unrecorded += count
+
+    def _write_pending_gap(self) -> None:
+        """One gap record per reason owed; a reason stays owed until its gap is written."""
+        while self._unrecorded:
+            reason, (count, detail) = self._unrecorded.popitem()
+            self._dropped_unrecorded -= count
+            body = {
+                "reason": reason,
+                "count": count,
+                "first_seq": None,
+                "last_seq": None,
+                "detail": detail,
+            }
+            try:
+                self._write(Kind.GAP, encode_body(body))
+            except BaseException:
+                self._owe_gap(reason, count, detail)
+                raise
 
     def notify_space(self) -> None:
         """Space was freed (the drainer calls this after deleting): re-read sizes, wake waiters."""
@@ -443,6 +603,9 @@ class SpoolWriter:
         while not self._stop.wait(self.config.fsync_interval_s):
             try:
                 self._sync()
+                with self._lock:  # an idle app notices a vanished spool too
+                    if not self._closed:
+                        self._check_lane(_time_ns())
             except OSError as exc:
                 self._last_error = f"fsync failed: {exc}"
 
@@ -501,3 +664,59 @@ class SpoolWriter:
     def _release(self) -> None:
         if self._lane_lock.is_locked:
             self._lane_lock.release()
+
+    # -- fork --------------------------------------------------------------------------
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's descriptors, never its lane lock.
+
+        The lane lock is an ``flock`` on an open file description shared with the
+        parent: unlocking it here would unlock the parent. Threads (flusher,
+        committer) did not survive the fork, and the locks they or other parent
+        threads held are replaced.
+        """
+        self._lock = threading.Lock()
+        sync_lock = threading.Lock()
+        self._sync_cond = threading.Condition(sync_lock)
+        self._work = threading.Condition(sync_lock)
+        self._syncing = False
+        self._closed = self._inherited = True
+        self._flusher = None
+        self._stop = threading.Event()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        forget_inherited_lock(self._lane_lock)
+
+
+def _inode(path: str) -> Tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def forget_inherited_lock(lock: Any) -> None:
+    """Close a lock's inherited descriptor without ``flock(LOCK_UN)``.
+
+    filelock >= 4 does this itself at fork (``lock_file_fd`` is then None);
+    older versions keep the descriptor, which would hold the parent's lock
+    for as long as the child lives.
+    """
+    context = getattr(lock, "_context", None)
+    fd = getattr(context, "lock_file_fd", None)
+    if context is None or fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    context.lock_file_fd = None
+    if hasattr(context, "lock_counter"):
+        context.lock_counter = 0
+
+
+def _forget_writers_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX: a child opens a lane of its own
+    os.register_at_fork(after_in_child=_forget_writers_in_child)
