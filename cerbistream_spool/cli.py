@@ -80,6 +80,7 @@ def drain_cmd(
             drainer.follow()
             left = drainer.pending_events()
         elif sys.stdout.isatty() and not as_json:
+            bar: Any  # click 8.1 (Python 3.9) leaves progressbar(length=...)'s item type open
             with click.progressbar(length=drainer.pending_events(), label="draining") as bar:
                 left = drainer.drain_until_idle(timeout, progress=bar.update)
         else:

@@ -20,13 +20,16 @@ back and continues its chain.
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import stat
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+import filelock
 from filelock import FileLock, Timeout
 
-from cerbistream_spool.errors import LaneUnavailableError
+from cerbistream_spool.errors import LaneUnavailableError, SpoolError
 from cerbistream_spool.spool.fsio import FILE_MODE, ensure_dir, list_entries
 from cerbistream_spool.spool.segments import lane_foreign
 
@@ -60,16 +63,37 @@ def lane_lock(spool_dir: str, lane: int) -> FileLock:
     return _lock(os.path.join(spool_dir, LOCKS_DIR, f"lane-{lane:04d}.lock"))
 
 
+def filelock_is_safe(version: str) -> bool:
+    """False for the filelock releases that break lane ownership on Unix.
+
+    3.20.4 to 3.29.x unlink a lock file on release (a waiter can then lock a
+    stale inode while a newcomer locks a fresh one) or silently fall back to a
+    soft lock where flock is missing; they ignore the options that forbid both.
+    Releases before 3.20.4 never unlink and never fall back; 3.30 and later
+    honour ``preserve_lock_file`` and ``fallback_to_soft``.
+    """
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    return not ((3, 20, 4) <= parts < (3, 30))
+
+
+# preserve_lock_file / fallback_to_soft exist from filelock 3.30; older releases either
+# reject them (3.12-3.15.1) or drop them unread. Pass them where they are understood.
+_FILELOCK_PARAMS = inspect.signature(FileLock.__init__).parameters
+_STRICT_OPTIONS: Dict[str, Any] = {
+    name: value
+    for name, value in (("preserve_lock_file", True), ("fallback_to_soft", False))
+    if name in _FILELOCK_PARAMS
+}
+
+
 def _lock(path: str) -> FileLock:
-    # preserve_lock_file: never unlink a lock another process may be waiting on.
-    return FileLock(
-        path,
-        timeout=0,
-        mode=FILE_MODE,
-        thread_local=False,
-        preserve_lock_file=True,
-        fallback_to_soft=False,
-    )
+    # Never unlink a lock another process may be waiting on; never degrade to a soft lock.
+    if not filelock_is_safe(filelock.__version__):
+        raise SpoolError(
+            f"filelock {filelock.__version__} deletes lock files or falls back to soft locks,"
+            " which breaks one-writer-per-lane; install filelock>=3.30 (or <3.20.4)"
+        )
+    return FileLock(path, timeout=0, mode=FILE_MODE, thread_local=False, **_STRICT_OPTIONS)
 
 
 def try_lock(lock: FileLock) -> bool:
