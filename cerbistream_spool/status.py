@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from typing import Any, Dict, Optional
 
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.fsio import FILE_MODE, file_size
+from cerbistream_spool.spool.fsio import atomic_write, file_size
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir, lane_is_live, list_lanes
 from cerbistream_spool.spool.reader import pending_events
 from cerbistream_spool.spool.recovery import scan_tail
@@ -21,6 +22,7 @@ from cerbistream_spool.spool.segments import list_segments
 __all__ = ["STATUS_FILE", "read_drain_status", "status", "write_drain_status"]
 
 STATUS_FILE = "drain-status.json"
+_STATUS_MAX_BYTES = 1 << 20
 
 
 def status(spool_dir: str) -> Dict[str, Any]:
@@ -71,19 +73,18 @@ def status(spool_dir: str) -> Dict[str, Any]:
 
 def write_drain_status(spool_dir: str, doc: Dict[str, Any]) -> None:
     """Publish the drainer's counters for ``status`` (rename, no fsync: advisory only)."""
-    path = os.path.join(spool_dir, STATUS_FILE)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh)
-    os.replace(tmp, path)
+    atomic_write(os.path.join(spool_dir, STATUS_FILE), json.dumps(doc).encode(), durable=False)
 
 
 def read_drain_status(spool_dir: str) -> Optional[Dict[str, Any]]:
-    """The drainer's last published counters, if any."""
+    """The drainer's last published counters, if any (a regular file, never via a link)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        with open(os.path.join(spool_dir, STATUS_FILE)) as fh:
-            doc = json.load(fh)
+        fd = os.open(os.path.join(spool_dir, STATUS_FILE), flags)  # a FIFO must not block us
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            doc = json.loads(fh.read(_STATUS_MAX_BYTES))
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
