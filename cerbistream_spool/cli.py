@@ -362,3 +362,7 @@ def _watch(spool_dir: str, wake: threading.Event) -> Any:
     observer.schedule(_Wake(), spool_dir, recursive=True)
     observer.start()
     return observer
+
+
+if __name__ == "__main__":  # python -m cerbistream_spool.cli
+    main()
