@@ -70,6 +70,7 @@ class ServiceBusTransport:
         self._amqp_clients: List[Any] = []  # see _keep_amqp_clients
         self._lock = threading.Lock()
         self._aborted: Optional[str] = None  # why the watchdog or interrupt() cut the sockets
+        self._cut_transports: List[Any] = []  # SDK transports _abort shut down, closed in _reset
         self._interrupted = False
 
     def settings_problem(self) -> Optional[str]:
@@ -127,14 +128,25 @@ class ServiceBusTransport:
         return TransientTransportError(name)
 
     def _abort(self, reason: str) -> None:
-        """Shut down the sockets of every AMQP client in use: a blocked read returns at once."""
+        """Shut down the sockets of every AMQP client in use: a blocked read returns at once.
+
+        The SDK may drop its reference to a connection it failed to open, so the
+        transports cut here are kept and closed by ``_reset``.
+        """
         self._aborted = reason
         for amqp_client in list(self._amqp_clients):
-            _shutdown_socket(amqp_client)
+            transport = getattr(getattr(amqp_client, "_connection", None), "_transport", None)
+            if transport is None:
+                continue
+            self._cut_transports.append(transport)
+            sock = getattr(transport, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def _new_client(self) -> Tuple[Any, Any]:
         """A client and its sender; bad settings raise PermanentTransportError (no network)."""
-        options: Any = {"retry_total": self._retry_total, "try_timeout": self.send_timeout_s}
+        options: Any = {"retry_total": self._retry_total}
         try:
             if self._connection_string:
                 client = ServiceBusClient.from_connection_string(self._connection_string, **options)
@@ -199,6 +211,10 @@ class ServiceBusTransport:
         amqp_clients, self._amqp_clients = self._amqp_clients, []
         for amqp_client in amqp_clients:
             _close_socket(amqp_client)
+        cut, self._cut_transports = self._cut_transports, []
+        for transport in cut:
+            with contextlib.suppress(Exception):
+                transport.close()
 
     def _keep_amqp_clients(self, sender: Any) -> None:
         """Remember each AMQP client ``sender`` creates, to close its socket in ``_reset``.
@@ -220,15 +236,6 @@ class ServiceBusTransport:
             return result
 
         sender._create_handler = create_and_keep
-
-
-def _shutdown_socket(amqp_client: Any) -> None:
-    """Shut down (not close: another thread may be reading it) an SDK client's socket."""
-    transport = getattr(getattr(amqp_client, "_connection", None), "_transport", None)
-    sock = getattr(transport, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _close_socket(amqp_client: Any) -> None:
