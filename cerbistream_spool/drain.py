@@ -46,8 +46,8 @@ from tenacity import (
 
 from cerbistream_spool.diagnostics import mark_internal_thread
 from cerbistream_spool.errors import PermanentTransportError, TransportError
-from cerbistream_spool.spool.fsio import atomic_write, ensure_dir
-from cerbistream_spool.spool.lanes import LOCKS_DIR, drain_lock
+from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, sweep_temp_files
+from cerbistream_spool.spool.lanes import LOCKS_DIR, drain_lock, lane_dir, list_lanes
 from cerbistream_spool.spool.reader import Batch, SpoolReader
 from cerbistream_spool.spool.record import Kind, encode_body
 from cerbistream_spool.spool.writer import SpoolWriter
@@ -423,6 +423,13 @@ class Drainer:
                 os.path.join(self.spool_dir, LOCKS_DIR, DRAIN_OWNER_FILE),
                 json.dumps(owner).encode(),
             )
+        # the drain lock's holder is the only writer of cursors and drain-status.json:
+        # temp files a crashed drainer left are swept now (docs/FORMAT.md §1)
+        for directory in (
+            self.spool_dir,
+            *(lane_dir(self.spool_dir, n) for n in list_lanes(self.spool_dir)),
+        ):
+            sweep_temp_files(directory)
         return True
 
 

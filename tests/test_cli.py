@@ -36,12 +36,14 @@ from azure.servicebus.exceptions import (
 
 from cerbistream_spool import SpoolHandler
 from cerbistream_spool.diagnostics import Reporter
+from cerbistream_spool.drain import Drainer
 from cerbistream_spool.errors import PermanentTransportError, TransientTransportError
 from cerbistream_spool.spool.cursor import Cursor, read_cursor, write_cursor
 from cerbistream_spool.spool.fsio import sweep_temp_files
 from cerbistream_spool.status import STATUS_FILE, read_drain_status, write_drain_status
 from cerbistream_spool.transports.base import OutgoingMessage
 from cerbistream_spool.transports.jsonl import JsonlTransport
+from cerbistream_spool.transports.memory import MemoryTransport
 from cerbistream_spool.transports.servicebus import AUTH_CONFIRM_AFTER, ServiceBusTransport
 from tools.amqp_peer import LocalPeer
 
@@ -240,6 +242,27 @@ def test_sweep_removes_only_our_stale_regular_temp_files_and_never_follows_links
     assert fresh.exists()
     assert other.exists()
     assert link.is_symlink()
+    assert victim.read_bytes() == b"keep"
+
+
+def test_drainer_sweeps_stale_temp_files_when_it_takes_the_lock(spool: str, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    lane = Path(spool) / "lanes" / "0000"
+    stale = lane / "cursor.0123456789abcdef.tmp"
+    stale.write_bytes(b"half a cursor")
+    planted = Path(spool) / "drain-status.json.0123456789abcdef.tmp"
+    planted.symlink_to(victim)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(planted, (old, old), follow_symlinks=False)
+    drainer = Drainer(spool, MemoryTransport())
+    try:
+        assert drainer.drain_until_idle(timeout=10) == 0
+    finally:
+        drainer.close()
+    assert not stale.exists()
+    assert planted.is_symlink()  # not ours (we never create links): left, never followed
     assert victim.read_bytes() == b"keep"
 
 
