@@ -254,8 +254,12 @@ class Drainer:
         except _RETRYABLE as exc:  # stopped, out of time, or given up while failing
             self._stats.last_error = f"{type(exc).__name__}: {exc}"
             self._publish()
-            if self._give_up and isinstance(exc, PermanentTransportError):
-                raise
+            if (
+                self._give_up
+                and isinstance(exc, PermanentTransportError)
+                and self._permanent_streak >= exc.confirm_after
+            ):
+                raise  # confirmed: a one-shot drain ends (not merely stopped while failing)
         else:
             self._permanent_streak = 0
         self._publish()

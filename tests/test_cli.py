@@ -540,3 +540,46 @@ def test_jsonl_transport_to_a_missing_directory_is_permanent(tmp_path: Path) -> 
     with pytest.raises(PermanentTransportError, match="cannot write"):
         transport.send([message])
     transport.close()
+
+
+class _Refusing:
+    """A transport whose broker refuses every send with a permanent error."""
+
+    max_batch_bytes = None
+
+    def __init__(self, confirm_after: int) -> None:
+        self.confirm_after = confirm_after
+        self.sends = 0
+
+    def send(self, messages: Any) -> Any:
+        self.sends += 1
+        raise PermanentTransportError("refused", confirm_after=self.confirm_after)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def test_one_shot_drain_gives_up_after_confirm_after_refusals_and_keeps_the_records(
+    spool: str,
+) -> None:
+    transport = _Refusing(confirm_after=3)
+    drainer = Drainer(spool, transport, backoff_base_s=0.01, backoff_max_s=0.05)
+    try:
+        with pytest.raises(PermanentTransportError, match="refused"):
+            drainer.drain_until_idle(timeout=20, give_up=True)
+    finally:
+        drainer.close()
+    assert transport.sends == 3
+    assert Drainer(spool, MemoryTransport()).pending_events() == 5
+
+
+def test_a_timeout_before_the_refusals_are_confirmed_is_a_timeout_not_a_give_up(
+    spool: str,
+) -> None:
+    transport = _Refusing(confirm_after=1000)
+    drainer = Drainer(spool, transport, backoff_base_s=0.01, backoff_max_s=0.05)
+    try:
+        assert drainer.drain_until_idle(timeout=0.5, give_up=True) == 5
+    finally:
+        drainer.close()
+    assert 3 < transport.sends < 1000
