@@ -248,10 +248,9 @@ def test_sweep_removes_only_our_stale_regular_temp_files_and_never_follows_links
 def test_drainer_sweeps_stale_temp_files_when_it_takes_the_lock(spool: str, tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep")
-    lane = Path(spool) / "lanes" / "0000"
-    stale = lane / "cursor.0123456789abcdef.tmp"
-    stale.write_bytes(b"half a cursor")
-    planted = Path(spool) / "drain-status.json.0123456789abcdef.tmp"
+    stale = Path(spool) / "drain-status.json.0123456789abcdef.tmp"  # a crashed drainer's
+    stale.write_bytes(b'{"half": ')
+    planted = Path(spool) / "drain-status.json.00000000000000ff.tmp"
     planted.symlink_to(victim)
     old = time.time() - 3600
     os.utime(stale, (old, old))
