@@ -8,13 +8,15 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import click
 
+from cerbistream_spool.diagnostics import Reporter
+from cerbistream_spool.errors import PermanentTransportError
 from cerbistream_spool.handler import CONNECTION_ENV, DEFAULT_QUEUE
 from cerbistream_spool.spool.chain import ENV_KEY
-from cerbistream_spool.spool.lanes import lane_dir
+from cerbistream_spool.spool.lanes import is_spool_dir, lane_dir
 from cerbistream_spool.spool.reader import SpoolReader
 from cerbistream_spool.status import status as spool_status
 from cerbistream_spool.verify import VerifyReport
@@ -23,6 +25,13 @@ from cerbistream_spool.verify import verify as verify_spool
 __all__ = ["main"]
 
 _DIR = click.Path(file_okay=False)
+_STOP_GRACE_S = 3.0  # after a stop request, the process ends this soon whatever the SDK does
+
+
+class CommandError(click.ClickException):
+    """A one-line ``Error: ...`` on stderr and exit 2: the command cannot do its job as asked."""
+
+    exit_code = 2
 
 
 @click.group()
@@ -32,9 +41,25 @@ def main() -> None:
 
 
 def _existing(spool_dir: str) -> str:
+    """``spool_dir`` if it is a spool directory (docs/FORMAT.md §1), else exit 2."""
     if not os.path.isdir(spool_dir):
-        raise click.UsageError(f"{spool_dir} is not a directory")
+        raise CommandError(f"{spool_dir} is not a directory")
+    if not is_spool_dir(spool_dir):
+        raise CommandError(f"{spool_dir} is not a spool directory (it has no lanes/ or locks/)")
     return spool_dir
+
+
+def _writable_output(path: str) -> str:
+    """``path`` if a file can be created or appended there, else exit 2 (before any work)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CommandError(f"cannot write {path}: it is a directory")
+    if not os.path.isdir(parent):
+        raise CommandError(f"cannot write {path}: no directory {parent}")
+    target = path if os.path.exists(path) else parent
+    if not os.access(target, os.W_OK):
+        raise CommandError(f"cannot write {path}: permission denied")
+    return path
 
 
 def _transport(connection_string: Optional[str], queue: str) -> Any:
@@ -47,7 +72,34 @@ def _transport(connection_string: Optional[str], queue: str) -> Any:
         raise click.UsageError(
             f"no connection string: pass --connection-string or set {CONNECTION_ENV}"
         )
-    return ServiceBusTransport(queue_name=queue, connection_string=conn)
+    transport = ServiceBusTransport(queue_name=queue, connection_string=conn)
+    problem = transport.settings_problem()  # parsed here, so a typo never reaches a retry loop
+    if problem:
+        raise CommandError(problem)
+    return transport
+
+
+class _Backstop:
+    """Ends the process ``_STOP_GRACE_S`` after a stop request if the command has not."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.code = 1
+        self._armed = False
+
+    def arm(self, code: int) -> None:
+        if self._armed:
+            return
+        self._armed, self.code = True, code
+        threading.Thread(target=self._run, name="cerbispool-backstop", daemon=True).start()
+
+    def _run(self) -> None:
+        if self.done.wait(_STOP_GRACE_S):
+            return
+        click.echo(
+            f"cerbispool: still busy {_STOP_GRACE_S:g}s after the stop request; exiting", err=True
+        )
+        os._exit(self.code)
 
 
 @main.command("drain")
@@ -56,6 +108,7 @@ def _transport(connection_string: Optional[str], queue: str) -> Any:
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True)
 @click.option("--follow", is_flag=True, help="Keep shipping new records until SIGINT/SIGTERM.")
 @click.option("--timeout", type=float, default=None, help="Give up after SEC seconds.")
+@click.option("--wait", is_flag=True, help="Wait for another drainer holding the spool.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def drain_cmd(
     spool_dir: str,
@@ -63,31 +116,103 @@ def drain_cmd(
     queue: str,
     follow: bool,
     timeout: Optional[float],
+    wait: bool,
     as_json: bool,
 ) -> None:
-    """Ship every pending record; exit 0 when nothing is left, 1 when some remain."""
+    """Ship every pending record; exit 0 when nothing is left, 1 when some remain.
+
+    Exit 2 at once for what retrying cannot fix: not a spool directory, a bad
+    connection string or queue name; and (without --follow) a missing queue or
+    authentication refused 3 times in a row. SIGINT/SIGTERM stop within a second
+    and print the summary (without --follow: exit 130 / 143).
+    """
     from cerbistream_spool.drain import Drainer  # noqa: PLC0415
 
-    os.makedirs(spool_dir, exist_ok=True) if follow else _existing(spool_dir)
-    drainer = Drainer(spool_dir, _transport(connection_string, queue))
-    started = time.monotonic()
+    _existing(spool_dir)  # only a writer creates a spool: a typo here must not make one
+    reporter = Reporter()
+
+    def on_error(exc: BaseException) -> None:
+        reporter.report(type(exc).__name__, f"drain: {exc}; retrying")
+
+    drainer = Drainer(spool_dir, _transport(connection_string, queue), on_error=on_error)
+    backstop = _Backstop()
+    signalled: List[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signalled.append(signum)
+        drainer.request_stop()
+        backstop.arm(0 if follow else 128 + signum)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: drainer.request_stop())
+        signal.signal(signum, on_signal)
+    started = time.monotonic()
+    timer: Optional[threading.Timer] = None
+    if timeout is not None:  # also cuts a send or lock wait in progress at the deadline
+
+        def on_timeout() -> None:
+            drainer.request_stop()
+            backstop.arm(1)
+
+        timer = threading.Timer(timeout, on_timeout)
+        timer.daemon = True
+        timer.start()
+    gave_up: Optional[PermanentTransportError] = None
     try:
+        if not drainer.try_lock():
+            holder = _lock_holder(drainer.lock_owner())
+            if not wait:
+                click.echo(
+                    f"cerbispool drain: {spool_dir} is being shipped by {holder};"
+                    " pass --wait to wait for it",
+                    err=True,
+                )
+            else:
+                click.echo(f"cerbispool drain: waiting for {holder} to release the spool", err=True)
+            if not wait or not drainer.try_lock(timeout):
+                drainer.close()
+                busy = f"another drainer ({holder}) is shipping this spool"
+                _print_summary(
+                    {**drainer.stats(), "last_error": busy},
+                    drainer.pending_events(),
+                    started,
+                    as_json,
+                )
+                backstop.done.set()
+                sys.exit(128 + signalled[0] if signalled else 1)
         if follow:
-            if timeout is not None:
-                threading.Timer(timeout, drainer.request_stop).start()
             drainer.follow()
             left = drainer.pending_events()
         elif sys.stdout.isatty() and not as_json:
             bar: Any  # click 8.1 (Python 3.9) leaves progressbar(length=...)'s item type open
             with click.progressbar(length=drainer.pending_events(), label="draining") as bar:
-                left = drainer.drain_until_idle(timeout, progress=bar.update)
+                left = drainer.drain_until_idle(timeout, progress=bar.update, give_up=True)
         else:
-            left = drainer.drain_until_idle(timeout)
+            left = drainer.drain_until_idle(timeout, give_up=True)
+    except PermanentTransportError as exc:
+        gave_up = exc
+        left = drainer.pending_events()
     finally:
+        if timer is not None:
+            timer.cancel()
         drainer.close()
-    summary = {**drainer.stats(), "pending": left, "seconds": round(time.monotonic() - started, 3)}
+    _print_summary(drainer.stats(), left, started, as_json)
+    backstop.done.set()
+    if gave_up is not None:
+        click.echo(f"cerbispool drain: giving up: {gave_up}", err=True)
+        sys.exit(2)
+    if signalled and not follow:
+        sys.exit(128 + signalled[0])
+    sys.exit(0 if left == 0 else 1)
+
+
+def _lock_holder(owner: Optional[Dict[str, Any]]) -> str:
+    if owner and isinstance(owner.get("pid"), int):
+        return f"pid {owner['pid']}"
+    return "another process (pid unknown)"
+
+
+def _print_summary(stats: Dict[str, Any], left: int, started: float, as_json: bool) -> None:
+    summary = {**stats, "pending": left, "seconds": round(time.monotonic() - started, 3)}
     if as_json or not sys.stdout.isatty():
         click.echo(json.dumps(summary))
     else:
@@ -95,7 +220,6 @@ def drain_cmd(
             f"delivered {summary['delivered']}, pending {left}, dead-lettered"
             f" {summary['dead_lettered']}, last error {summary['last_error']}"
         )
-    sys.exit(0 if left == 0 else 1)
 
 
 @main.command("verify")
@@ -130,26 +254,44 @@ def verify_cmd(
     _existing(spool_dir)
     if to_file and not replay:
         raise click.UsageError("--to needs --replay")
+    if to_file:
+        _writable_output(to_file)
     raw_key = os.environ.get(key_env)
     report = verify_spool(spool_dir, key=raw_key.encode("utf-8") if raw_key else None)
+    if not as_json:
+        _print_report(spool_dir, report)  # before a replay, which may take a while
     replayed = _replay(spool_dir, report, to_file, queue) if replay else None
     if as_json:
         doc = report.to_dict()
         if replayed is not None:
-            doc["replayed"] = replayed
+            doc["replayed"] = replayed.delivered
+            doc["replay_pending"] = replayed.pending
+            doc["replay_error"] = replayed.last_error
         click.echo(json.dumps(doc))
-    else:
-        _print_report(spool_dir, report)
-        if replayed is not None:
-            click.echo(f"  replayed {replayed} record(s) to {to_file or queue}")
-    sys.exit(0 if report.valid and not (strict and report.notices) else 1)
+    elif replayed is not None:
+        click.echo(f"  replayed {replayed.delivered} record(s) to {to_file or queue}")
+    if replayed is not None and replayed.pending:
+        click.echo(
+            f"cerbispool verify: replay left {replayed.pending} record(s) pending:"
+            f" {replayed.last_error or 'interrupted'}",
+            err=True,
+        )
+    ok = report.valid and not (strict and report.notices)
+    sys.exit(0 if ok and not (replayed is not None and replayed.pending) else 1)
 
 
-def _replay(spool_dir: str, report: VerifyReport, to_file: Optional[str], queue: str) -> int:
+class _Replayed(NamedTuple):
+    delivered: int
+    pending: int
+    last_error: Optional[str]
+
+
+def _replay(spool_dir: str, report: VerifyReport, to_file: Optional[str], queue: str) -> _Replayed:
     """Ship the pending records of lanes without problems (an unclean close is none).
 
     The copied spool gets nothing but new cursors: no lane is removed, no
-    acknowledged segment unlinked, no gap lane opened, no tail truncated.
+    acknowledged segment unlinked, no gap lane opened, no tail truncated. A held
+    drain lock or an error retrying cannot fix ends it at once (exit 2).
     """
     from cerbistream_spool.drain import Drainer  # noqa: PLC0415
     from cerbistream_spool.transports.jsonl import JsonlTransport  # noqa: PLC0415
@@ -158,24 +300,52 @@ def _replay(spool_dir: str, report: VerifyReport, to_file: Optional[str], queue:
     lanes = {ln["lane"] for ln in report.lanes} - bad
     readonly = [n for n in sorted(lanes) if not os.access(lane_dir(spool_dir, n), os.W_OK)]
     if readonly:  # acks would fail and be retried until the timeout
-        raise click.ClickException(
+        raise CommandError(
             f"cannot replay: lane {readonly[0]:04d} of {spool_dir} is not writable (replay"
             " writes each lane's cursor); copy the spool somewhere writable first"
         )
     if to_file:
-        with open(to_file, "a"):  # the file exists even when nothing is pending
-            pass
+        try:
+            with open(to_file, "a"):  # the file exists even when nothing is pending
+                pass
+        except OSError as exc:
+            raise CommandError(f"cannot write {to_file}: {exc.strerror or exc}") from exc
     transport = JsonlTransport(to_file) if to_file else _transport(None, queue)
     try:
         drainer = Drainer(spool_dir, transport, replay=True)
     except OSError as exc:
-        raise click.ClickException(f"cannot replay {spool_dir}: {exc}") from exc
+        raise CommandError(f"cannot replay {spool_dir}: {exc}") from exc
     drainer.reader.lanes = lanes
+    stop = _stop_on_signals(drainer)
     try:
-        drainer.drain_until_idle(timeout=300)
+        if not drainer.try_lock():
+            holder = _lock_holder(drainer.lock_owner())
+            raise CommandError(f"cannot replay: {holder} is shipping {spool_dir} now")
+        try:
+            left = drainer.drain_until_idle(timeout=300, give_up=True)
+        except PermanentTransportError as exc:
+            raise CommandError(f"replay to {to_file or queue} failed: {exc}") from exc
     finally:
+        stop()
         drainer.close()
-    return int(drainer.stats()["delivered"])
+    stats = drainer.stats()
+    return _Replayed(int(stats["delivered"]), left, stats.get("last_error"))
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_on_signals(drainer: Any) -> Callable[[], None]:
+    """SIGINT/SIGTERM ask ``drainer`` to stop; returns what restores the old handlers."""
+    if threading.current_thread() is not threading.main_thread():  # embedded: signals are not ours
+        return lambda: None
+    old = {s: signal.signal(s, lambda *_: drainer.request_stop()) for s in _STOP_SIGNALS}
+
+    def restore() -> None:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+
+    return restore
 
 
 def _print_report(spool_dir: str, report: VerifyReport) -> None:
@@ -279,3 +449,7 @@ def _watch(spool_dir: str, wake: threading.Event) -> Any:
     observer.schedule(_Wake(), spool_dir, recursive=True)
     observer.start()
     return observer
+
+
+if __name__ == "__main__":  # python -m cerbistream_spool.cli
+    main()

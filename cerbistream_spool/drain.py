@@ -18,11 +18,19 @@ reader to the cursor, so the batch is sent again (same MessageIds).
   ``corruption``, naming the lane and lost range) goes into the chain,
   ``corrupt_records`` counts the lost records and ``last_error`` says so;
   only then is the batch acked. The valid records around it are delivered.
-- ``locks/drain.lock`` (filelock) makes one drainer per spool at a time.
+- ``locks/drain.lock`` (filelock) makes one drainer per spool at a time; its
+  holder writes its pid to ``locks/drain.owner`` (never into the lock file) so a
+  drainer that has to wait can say who it waits for.
+- Errors retrying cannot fix (:class:`PermanentTransportError`, final after its
+  ``confirm_after`` failures in a row) end ``drain_until_idle(give_up=True)``;
+  the thread and ``follow()`` keep retrying them every ``backoff_max_s``.
+- ``request_stop()`` also interrupts a send in progress (``transport.interrupt()``
+  when the transport has one), so a stop never waits out a send timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,16 +43,24 @@ from filelock import Timeout
 from tenacity import (
     RetryCallState,
     Retrying,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_delay,
     stop_when_event_set,
+    wait_fixed,
     wait_random_exponential,
 )
 
 from cerbistream_spool.diagnostics import mark_internal_thread
-from cerbistream_spool.errors import TransportError
-from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir
-from cerbistream_spool.spool.lanes import QUARANTINE_DIR, drain_lock
+from cerbistream_spool.errors import PermanentTransportError, TransportError
+from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir, sweep_temp_files
+from cerbistream_spool.spool.lanes import (
+    LOCKS_DIR,
+    QUARANTINE_DIR,
+    drain_lock,
+    lane_dir,
+    list_lanes,
+)
 from cerbistream_spool.spool.reader import Batch, Damage, SpoolReader
 from cerbistream_spool.spool.record import Kind, encode_body
 from cerbistream_spool.spool.writer import SpoolWriter
@@ -54,9 +70,11 @@ from cerbistream_spool.transports.base import OutgoingMessage, Transport, messag
 if TYPE_CHECKING:
     from cerbistream_spool.handler import SpoolHandler
 
-__all__ = ["DEADLETTER_DIR", "DrainStats", "Drainer"]
+__all__ = ["DEADLETTER_DIR", "DRAIN_OWNER_FILE", "DrainStats", "Drainer", "read_drain_owner"]
 
 DEADLETTER_DIR = "deadletter"
+DRAIN_OWNER_FILE = "drain.owner"  # in locks/: {"pid", "since_unix"} of the drain.lock holder
+_LOCK_POLL_S = 0.1
 _RETRYABLE = (TransportError, OSError)
 _WIRE_OVERHEAD = 200  # AMQP framing + MessageId + application properties, per message
 
@@ -89,6 +107,7 @@ class Drainer:
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 30.0,
         replay: bool = False,
+        on_error: Optional[Callable[[BaseException], None]] = None,
     ) -> None:
         """``replay=True`` ships a copied spool and writes nothing into it but cursors (and
         ``locks/drain.lock``): no lane is removed, no acknowledged segment unlinked, no
@@ -115,6 +134,9 @@ class Drainer:
             self.reader.remove_idle_lanes = False
             self.reader.unlink_acked = False
         self._loss_note: Optional[str] = None  # stays in last_error once data was lost
+        self._on_error = on_error  # called on every failed attempt (the CLI prints them)
+        self._give_up = False  # drain_until_idle(give_up=True): confirmed permanent errors end it
+        self._permanent_streak = 0  # permanent failures in a row
         self._published: Dict[str, Any] = {}
         self._published_at = 0.0
 
@@ -258,12 +280,28 @@ class Drainer:
         if deadline is not None:
             stop = stop | stop_after_delay(max(0.0, deadline - time.monotonic()))
         return Retrying(
-            wait=wait_random_exponential(multiplier=self.backoff_base_s, max=self.backoff_max_s),
-            retry=retry_if_exception_type(_RETRYABLE),
+            wait=self._wait,
+            retry=retry_if_exception_type(_RETRYABLE) & retry_if_exception(self._worth_retrying),
             stop=stop,
             sleep=self._sleep,
             before_sleep=self._record_failure,
             reraise=True,
+        )
+
+    def _worth_retrying(self, exc: BaseException) -> bool:
+        """False once a permanent error is confirmed and this run gives up on those."""
+        if not isinstance(exc, PermanentTransportError):
+            self._permanent_streak = 0
+            return True
+        self._permanent_streak += 1
+        return not (self._give_up and self._permanent_streak >= exc.confirm_after)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, PermanentTransportError) and not self._give_up:
+            return float(wait_fixed(self.backoff_max_s)(state))  # slowly: a human must fix it
+        return float(
+            wait_random_exponential(multiplier=self.backoff_base_s, max=self.backoff_max_s)(state)
         )
 
     def _sleep(self, seconds: float) -> None:
@@ -274,12 +312,23 @@ class Drainer:
         self._stats.failures += 1
         self._stats.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown failure"
         self._publish()  # a long outage must show in `cerbispool status` while it lasts
+        if exc is not None and self._on_error is not None:
+            self._on_error(exc)
 
     def _round(self, deadline: Optional[float] = None) -> None:
         try:
             self._retrying(deadline)(self.run_once)
-        except _RETRYABLE as exc:  # stopped or out of time while failing
+        except _RETRYABLE as exc:  # stopped, out of time, or given up while failing
             self._stats.last_error = f"{type(exc).__name__}: {exc}"
+            self._publish()
+            if (
+                self._give_up
+                and isinstance(exc, PermanentTransportError)
+                and self._permanent_streak >= exc.confirm_after
+            ):
+                raise  # confirmed: a one-shot drain ends (not merely stopped while failing)
+        else:
+            self._permanent_streak = 0
         self._publish()
 
     def _publish(self) -> None:
@@ -300,10 +349,18 @@ class Drainer:
         self._published, self._published_at = doc, now
 
     def drain_until_idle(
-        self, timeout: Optional[float] = None, progress: Optional[Callable[[int], None]] = None
+        self,
+        timeout: Optional[float] = None,
+        progress: Optional[Callable[[int], None]] = None,
+        *,
+        give_up: bool = False,
     ) -> int:
-        """Ship until nothing is pending or ``timeout``; returns events still pending."""
+        """Ship until nothing is pending, ``timeout`` or ``request_stop()``; returns events
+        still pending. Waits for the drain lock (interruptibly) within ``timeout``. With
+        ``give_up``, a confirmed :class:`PermanentTransportError` is raised instead of retried.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._give_up = give_up
         if not self._take_lock(timeout):
             self._stats.last_error = "another drainer is shipping this spool"
             return self.pending_events()
@@ -331,7 +388,6 @@ class Drainer:
                 mark_internal_thread()
                 drainer.wake()
 
-        ensure_dir(self.spool_dir)
         observer = Observer()
         observer.daemon = True
         observer.schedule(_Wake(), self.spool_dir, recursive=True)
@@ -365,14 +421,21 @@ class Drainer:
             self._wake.set()
 
     def request_stop(self) -> None:
-        """Ask the loops to end (safe from a signal handler); does not wait."""
+        """Ask the loops to end and cut a send in progress (safe from a signal handler)."""
         self._stop.set()
         self._wake.set()
+        interrupt = getattr(self.transport, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``request_stop()`` or ``stop()`` was called."""
+        return self._stop.is_set()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop within ``timeout``: interrupts backoff, closes the transport, releases locks."""
-        self._stop.set()
-        self._wake.set()
+        """Stop within ``timeout``: interrupts backoff and sends, closes the transport, unlocks."""
+        self.request_stop()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
@@ -389,6 +452,8 @@ class Drainer:
             self._own_writer.close()
             self._own_writer = None
         if self._lock.is_locked:
+            with contextlib.suppress(OSError):  # removed before the release: never another's
+                os.unlink(os.path.join(self.spool_dir, LOCKS_DIR, DRAIN_OWNER_FILE))
             self._lock.release(force=True)
 
     def stats(self) -> Dict[str, Any]:
@@ -400,11 +465,52 @@ class Drainer:
         reader = SpoolReader(self.spool_dir, remove_idle_lanes=False)
         return sum(len(b.events()) for b in reader.batches(10_000, 1 << 26))
 
+    def try_lock(self, timeout: Optional[float] = 0) -> bool:
+        """Take the drain lock within ``timeout`` (None: until ``request_stop()``)."""
+        return self._take_lock(timeout)
+
+    def lock_owner(self) -> Optional[Dict[str, Any]]:
+        """What the holder of the drain lock wrote about itself (pid, since_unix), if known."""
+        return read_drain_owner(self.spool_dir)
+
     def _take_lock(self, timeout: Optional[float]) -> bool:
+        """Acquire the drain lock within ``timeout`` (None: until stopped); never ignores stop."""
         if self._lock.is_locked:
             return True
+        stop: Any = stop_when_event_set(self._stop)
+        if timeout is not None:
+            stop = stop | stop_after_delay(max(0.0, timeout))
         try:
-            self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+            Retrying(
+                retry=retry_if_exception_type(Timeout),
+                wait=wait_fixed(_LOCK_POLL_S),
+                stop=stop,
+                sleep=self._sleep,
+                reraise=True,
+            )(self._lock.acquire, timeout=0)
         except Timeout:
             return False
+        owner = {"pid": os.getpid(), "since_unix": time.time()}
+        with contextlib.suppress(OSError):  # advisory: a waiter then says "pid unknown"
+            atomic_write(
+                os.path.join(self.spool_dir, LOCKS_DIR, DRAIN_OWNER_FILE),
+                json.dumps(owner).encode(),
+            )
+        # the drain lock's holder is the only writer of cursors and drain-status.json:
+        # temp files a crashed drainer left are swept now (docs/FORMAT.md §1)
+        for directory in (
+            self.spool_dir,
+            *(lane_dir(self.spool_dir, n) for n in list_lanes(self.spool_dir)),
+        ):
+            sweep_temp_files(directory)
         return True
+
+
+def read_drain_owner(spool_dir: str) -> Optional[Dict[str, Any]]:
+    """The ``locks/drain.owner`` record of the drainer holding the lock, if readable."""
+    try:
+        with open(os.path.join(spool_dir, LOCKS_DIR, DRAIN_OWNER_FILE)) as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -89,4 +89,15 @@ class TransientTransportError(TransportError):
 
 
 class PermanentTransportError(TransportError):
-    """A failure retrying cannot fix: auth, missing entity, message too large."""
+    """A failure retrying cannot fix: auth, missing entity, bad connection settings.
+
+    ``confirm_after`` is how many failures of this kind in a row make it final
+    for a one-shot drain (1: at once; authentication uses 3, since one refusal
+    can be a key being rotated). Long-running drainers keep retrying, slowly.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, confirm_after: int = 1) -> None:
+        super().__init__(message)
+        self.confirm_after = confirm_after

@@ -320,6 +320,9 @@ class SpoolHandler(logging.Handler):
         from cerbistream_spool.drain import Drainer  # noqa: PLC0415 — optional part
 
         self._drainer = Drainer.for_handler(self)
+        problem = self._drainer.transport.settings_problem()  # once, at construction
+        if problem:
+            self._reporter.report("connection", f"the drainer cannot ship until fixed: {problem}")
         self._drainer.start()
 
     def _forget_after_fork(self) -> None:

@@ -12,7 +12,7 @@ import time
 from typing import Any, Dict, Optional
 
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.fsio import FILE_MODE, file_size, list_entries, read_regular
+from cerbistream_spool.spool.fsio import atomic_write, file_size, list_entries, read_regular
 from cerbistream_spool.spool.lanes import (
     QUARANTINE_DIR,
     foreign_entries,
@@ -27,6 +27,7 @@ from cerbistream_spool.spool.segments import list_segments
 __all__ = ["STATUS_FILE", "read_drain_status", "status", "write_drain_status"]
 
 STATUS_FILE = "drain-status.json"
+_STATUS_MAX_BYTES = 1 << 20
 
 
 def status(spool_dir: str) -> Dict[str, Any]:
@@ -80,18 +81,13 @@ def status(spool_dir: str) -> Dict[str, Any]:
 
 def write_drain_status(spool_dir: str, doc: Dict[str, Any]) -> None:
     """Publish the drainer's counters for ``status`` (rename, no fsync: advisory only)."""
-    path = os.path.join(spool_dir, STATUS_FILE)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh)
-    os.replace(tmp, path)
+    atomic_write(os.path.join(spool_dir, STATUS_FILE), json.dumps(doc).encode(), durable=False)
 
 
 def read_drain_status(spool_dir: str) -> Optional[Dict[str, Any]]:
-    """The drainer's last published counters, if any."""
+    """The drainer's last published counters, if any (a regular file, never via a link)."""
     try:
-        doc = json.loads(read_regular(os.path.join(spool_dir, STATUS_FILE), 1 << 20))
+        doc = json.loads(read_regular(os.path.join(spool_dir, STATUS_FILE), _STATUS_MAX_BYTES))
     except (OSError, ValueError, RecursionError):  # missing, foreign, or not JSON
         return None
     return doc if isinstance(doc, dict) else None

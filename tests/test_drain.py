@@ -647,7 +647,8 @@ def test_cli_drain_follow_ships_another_process_records_within_a_second_and_exit
     built: Events,
 ) -> None:
     peer = peers()
-    spool_dir = str(tmp_path / "followed")  # --follow creates it
+    spool_dir = str(tmp_path / "followed")
+    os.makedirs(os.path.join(spool_dir, "locks"))  # a new, empty spool: drain never makes one
     follower = subprocess.Popen(
         [
             *CLI,

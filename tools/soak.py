@@ -528,7 +528,8 @@ def soak_main(argv: Sequence[str]) -> int:
     started = time.monotonic()
     temp = None if args.spool_dir else tempfile.mkdtemp(prefix="cerbisoak-")
     spool_dir = os.path.abspath(args.spool_dir or os.path.join(str(temp), "spool"))
-    os.makedirs(spool_dir, exist_ok=True)
+    # a new, empty spool (drain refuses a directory without lanes/ or locks/)
+    os.makedirs(os.path.join(spool_dir, "locks"), mode=0o700, exist_ok=True)
     soak = Soak(args, spool_dir, random.Random(args.seed), child_env())
     soak.writers = [None] * args.writers
     soak.incarnation = [0] * args.writers

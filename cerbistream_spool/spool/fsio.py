@@ -11,10 +11,14 @@ opens and is refused), only a regular file is read, and never past its size.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
+import re
+import secrets
 import stat
+import time
 from typing import List, Optional, Tuple
 
 __all__ = [
@@ -22,6 +26,7 @@ __all__ = [
     "FILE_MODE",
     "ForeignFileError",
     "atomic_write",
+    "create_temp",
     "ensure_dir",
     "file_size",
     "fsync_dir",
@@ -29,6 +34,7 @@ __all__ = [
     "map_regular",
     "open_regular",
     "read_regular",
+    "sweep_temp_files",
     "write_all",
 ]
 
@@ -67,17 +73,69 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync directory."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+# NAME.<16 hex>.tmp: a fresh name per write, created O_EXCL|O_NOFOLLOW, so a planted
+# file or symlink is never followed or overwritten and two writers never share one
+_TEMP = re.compile(r"^(?P<name>.+)\.[0-9a-f]{16}\.tmp$")
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+
+
+def create_temp(path: str) -> Tuple[str, int]:
+    """A new temp file beside ``path``, 0600, never through a link: ``(name, fd)``."""
+    while True:
+        tmp = f"{path}.{secrets.token_hex(8)}.tmp"
+        try:
+            return tmp, os.open(tmp, _CREATE, FILE_MODE)
+        except FileExistsError:  # 2**-64 per try, or someone planting names: pick another
+            continue
+
+
+def atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync directory.
+
+    ``durable=False`` skips both fsyncs (advisory files such as drain-status.json).
+    """
+    tmp, fd = create_temp(path)
     try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+        try:
+            write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def sweep_temp_files(directory: str, older_than_s: float = 600.0) -> List[str]:
+    """Unlink our stale temp files (``NAME.<16 hex>.tmp``) in ``directory``; returns them.
+
+    Only regular files (checked with ``lstat``: a symlink is never followed, and
+    unlinking one removes the link, not its target) older than ``older_than_s``,
+    so a write in progress in another process is left alone.
+    """
+    removed: List[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    cutoff = time.time() - older_than_s
+    for name in names:
+        if not _TEMP.match(name):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                os.unlink(path)
+                removed.append(name)
+        except OSError:
+            continue
+    return removed
 
 
 def file_size(path: str) -> int:

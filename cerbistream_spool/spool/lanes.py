@@ -40,6 +40,7 @@ __all__ = [
     "QUARANTINE_DIR",
     "acquire_lane",
     "foreign_entries",
+    "is_spool_dir",
     "lane_dir",
     "lane_lock",
     "list_lanes",
@@ -51,6 +52,15 @@ LANES_DIR = "lanes"
 LOCKS_DIR = "locks"
 QUARANTINE_DIR = "quarantine"
 MAX_LANES = 256
+
+
+def is_spool_dir(path: str) -> bool:
+    """True when ``path`` has a spool's layout: a ``lanes/`` or a ``locks/`` directory.
+
+    A writer creates both before its first record, so a new, empty spool counts;
+    a copy off a device needs only ``lanes/``. An empty or unrelated directory does not.
+    """
+    return any(os.path.isdir(os.path.join(path, name)) for name in (LANES_DIR, LOCKS_DIR))
 
 
 def lane_dir(spool_dir: str, lane: int) -> str:

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from cerbistream_spool.spool.cursor import Cursor, read_cursor, write_cursor
-from cerbistream_spool.spool.fsio import file_size, fsync_dir, list_entries, map_regular
+from cerbistream_spool.spool.fsio import (
+    file_size,
+    fsync_dir,
+    list_entries,
+    map_regular,
+    read_regular,
+)
 from cerbistream_spool.spool.lanes import LANES_DIR, lane_dir, list_lanes, owner_lock
 from cerbistream_spool.spool.record import (
     FRAME_OVERHEAD,
@@ -82,6 +88,8 @@ class Batch(NamedTuple):
     records: List[Record]
     nbytes: int
     damage: Tuple[Damage, ...] = ()
+    origin: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of the lane directory read
+    tail: Optional[Tuple[str, int]] = None  # (path, header created_ns) of the last record's segment
 
     @property
     def first_seq(self) -> int:
@@ -107,6 +115,9 @@ class _Position:
     exhausted: bool = False  # at the end of the newest segment
     prev_seq: int = 0  # seq of the last valid record seen in the segment being read
     damage: List[Damage] = field(default_factory=list)  # stepped over, not yet in a batch
+    origin: Optional[Tuple[int, int]] = None  # identity of the lane directory read
+    seg_created: Optional[int] = None  # header created_ns of the segment at ``base``
+    stale: bool = False  # the segment at ``base`` was replaced under us: start again
 
 
 @dataclass
@@ -160,6 +171,11 @@ class SpoolReader:
         """Persist that ``batch`` was delivered, then unlink fully acknowledged segments."""
         pos = self._position(batch.lane)
         last = batch.records[-1]
+        if (batch.origin is not None and pos.origin != batch.origin) or _replaced(batch.tail):
+            # the lane was removed or replaced since the batch was read (a new lane reuses
+            # its number, maybe its inode): its cursor must not move by records it never held
+            self._pos.pop(batch.lane, None)
+            return
         if last.seq <= pos.acked.acked_seq:
             return
         ldir = lane_dir(self.spool_dir, batch.lane)
@@ -183,23 +199,39 @@ class SpoolReader:
     # -- reading ----------------------------------------------------------------------
 
     def _position(self, lane: int) -> _Position:
+        """The read position of ``lane``; a fresh one when the lane directory was removed or
+        replaced since (a recreated lane restarts at seq 1 under the same number)."""
+        ldir = lane_dir(self.spool_dir, lane)
+        origin = _identity(ldir)
         pos = self._pos.get(lane)
-        if pos is None:
-            found = read_cursor(lane_dir(self.spool_dir, lane), lane)
-            if isinstance(found, str):
-                self._problem(lane, "", 0, "cursor", found + "; reading lane from the start")
-                found = Cursor(lane)
-            start = 0 if self.from_start else found.acked_seq
-            pos = self._pos[lane] = _Position(found, last_read=start)
+        if pos is not None and pos.origin == origin:
+            on_disk = read_cursor(ldir, lane)
+            if not isinstance(on_disk, Cursor) or on_disk.acked_seq >= pos.acked.acked_seq:
+                return pos
+            pos = None  # the cursor went back: a new lane in a reused inode
+        found = read_cursor(ldir, lane)
+        if isinstance(found, str):
+            self._problem(lane, "", 0, "cursor", found + "; reading lane from the start")
+            found = Cursor(lane)
+        start = 0 if self.from_start else found.acked_seq
+        pos = self._pos[lane] = _Position(found, last_read=start, origin=origin)
         return pos
 
     def _read_lane(self, lane: int, max_records: int, max_bytes: int) -> Optional[Batch]:
+        batch = self._read_lane_once(lane, max_records, max_bytes)
+        if self._pos.get(lane) is None or not self._pos[lane].stale:
+            return batch
+        del self._pos[lane]  # its segment was replaced mid-read: read the new lane afresh
+        return self._read_lane_once(lane, max_records, max_bytes)
+
+    def _read_lane_once(self, lane: int, max_records: int, max_bytes: int) -> Optional[Batch]:
         pos = self._position(lane)
         records: List[Record] = []
         nbytes = 0
         ldir = lane_dir(self.spool_dir, lane)
         segments = list_segments(ldir)
         pos.exhausted = not segments  # a lane without segments has nothing left to read
+        tail: Optional[Tuple[str, int]] = None
         while segments and len(records) < max_records and nbytes < max_bytes:
             bases = [b for b, _ in segments]
             if pos.base is None or pos.base not in bases:
@@ -219,6 +251,9 @@ class SpoolReader:
                 max_bytes=max_bytes - nbytes,
             )
             nbytes += used
+            if pos.stale:
+                return None
+            tail = (path, pos.seg_created or 0)
             if more:
                 continue
             if next_base is not None:
@@ -229,7 +264,7 @@ class SpoolReader:
         if not records:
             return None  # damage stepped over so far rides with the next batch
         damage, pos.damage = tuple(pos.damage), []
-        return Batch(lane, records, nbytes, damage)
+        return Batch(lane, records, nbytes, damage, pos.origin, tail)
 
     def _scan(
         self,
@@ -260,14 +295,19 @@ class SpoolReader:
                 self._damaged(lane, path, pos, 0, size, next_base - 1, "format", detail)
             return False, used
         with buf:
-            if pos.offset == HEADER_SIZE:
-                header = decode_header(buf[:HEADER_SIZE])
+            header = decode_header(buf[:HEADER_SIZE])
+            if not isinstance(header, str) and pos.offset != HEADER_SIZE:
+                if header.created_ns != pos.seg_created:  # same name, another file
+                    pos.stale = True
+                    return False, used
+            elif pos.offset == HEADER_SIZE:
                 if isinstance(header, str):
                     if next_base is None:
                         self._problem(lane, path, 0, "format", header)
                     else:
                         self._damaged(lane, path, pos, 0, size, next_base - 1, "format", header)
                     return False, used
+                pos.seg_created = header.created_ns
             budget = ScanBudget(size)
             while len(out) < max_records and used < max_bytes:
                 frame = read_frame(buf, pos.offset, budget=budget)
@@ -386,6 +426,26 @@ def oldest_pending_ns(spool_dir: str, lane: int) -> Optional[int]:
     """Append time of the lane's oldest unacknowledged record, or None when none is pending."""
     batch = SpoolReader(spool_dir, remove_idle_lanes=False)._read_lane(lane, 1, 1 << 30)
     return batch.records[0].ts_ns if batch else None
+
+
+def _replaced(tail: Optional[Tuple[str, int]]) -> bool:
+    """True when the segment a batch ended in now holds another file (its header differs)."""
+    if tail is None:
+        return False
+    try:
+        header = decode_header(read_regular(tail[0], HEADER_SIZE))
+    except OSError:  # unlinked since (drop_oldest): the lane itself is checked by origin
+        return False
+    return not isinstance(header, str) and header.created_ns != tail[1]
+
+
+def _identity(path: str) -> Optional[Tuple[int, int]]:
+    """(st_dev, st_ino) of ``path`` itself (never through a link), None when it is gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _segment_for(bases: List[int], seq: int) -> int:

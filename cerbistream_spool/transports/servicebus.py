@@ -2,17 +2,23 @@
 
 One client and sender stay open across batches and are reopened after any
 failure. Batches come from ``create_message_batch()`` so the size limit is the
-broker's; every send carries a timeout. SDK errors are mapped to
-:class:`TransientTransportError` (retry) or :class:`PermanentTransportError`
-(auth, missing entity, bad connection string: retrying without a fix cannot
-help, but the drainer keeps the records and keeps trying, slowly).
+broker's. Every ``send()`` is bounded by ``send_timeout_s`` as a whole (connect,
+SASL, CBS, link attach, transfer): the SDK gets the timeouts it takes, and a
+watchdog shuts the sockets down at the deadline, because the SDK's SASL
+handshake reads with no timeout at all (a peer that accepts TCP and never
+answers would hold it forever). ``interrupt()`` does the same at once, from any
+thread. SDK errors are mapped to :class:`TransientTransportError` (retry) or
+:class:`PermanentTransportError` (auth, missing entity, bad connection string:
+retrying without a fix cannot help; a one-shot drain stops, a long-running
+drainer keeps the records and keeps trying, slowly).
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
-from typing import Any, List, Optional, Sequence, cast
+from typing import Any, List, Optional, Sequence, Tuple, cast
 
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 from azure.servicebus.exceptions import (
@@ -26,15 +32,15 @@ from azure.servicebus.exceptions import (
 from cerbistream_spool.errors import PermanentTransportError, TransientTransportError
 from cerbistream_spool.transports.base import OutgoingMessage, SendResult
 
-__all__ = ["MAX_BATCH_MESSAGES", "ServiceBusTransport"]
+__all__ = ["AUTH_CONFIRM_AFTER", "MAX_BATCH_MESSAGES", "ServiceBusTransport"]
 
 MAX_BATCH_MESSAGES = 4500  # undocumented per-batch message cap on the Standard tier
-_PERMANENT = (
-    ServiceBusAuthenticationError,
-    ServiceBusAuthorizationError,
-    MessagingEntityNotFoundError,
-    MessagingEntityDisabledError,
-)
+# A refused token is final only after this many refusals in a row, each on a new
+# connection after a backoff: one refusal can be a SAS key being rotated or a
+# token issued a moment before the policy changed; three in a row are a wrong key.
+AUTH_CONFIRM_AFTER = 3
+_AUTH = (ServiceBusAuthenticationError, ServiceBusAuthorizationError)
+_ENTITY = (MessagingEntityNotFoundError, MessagingEntityDisabledError)
 
 
 class ServiceBusTransport:
@@ -63,44 +69,103 @@ class ServiceBusTransport:
         self._sender: Any = None
         self._amqp_clients: List[Any] = []  # see _keep_amqp_clients
         self._lock = threading.Lock()
+        self._aborted: Optional[str] = None  # why the watchdog or interrupt() cut the sockets
+        self._cut_transports: List[Any] = []  # SDK transports _abort shut down, closed in _reset
+        self._interrupted = False
+
+    def settings_problem(self) -> Optional[str]:
+        """What is wrong with the connection string or queue name, found without the network."""
+        try:
+            client, sender = self._new_client()  # parses the connection string and queue name
+        except PermanentTransportError as exc:
+            return str(exc)
+        sender.close()
+        client.close()
+        return None
 
     def send(self, messages: Sequence[OutgoingMessage]) -> SendResult:
-        """Send in order in broker-sized batches; see the module docstring."""
+        """Send in order in broker-sized batches within ``send_timeout_s``; see the module."""
         with self._lock:
+            if self._interrupted:
+                raise TransientTransportError("send interrupted: the drainer is stopping")
+            self._aborted = None
+            reason = f"send timed out after {self.send_timeout_s:g}s"
+            watchdog = threading.Timer(self.send_timeout_s, self._abort, (reason,))
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 return self._send(messages)
-            except MessageSizeExceededError as exc:  # the whole batch refused: retry smaller
+            except PermanentTransportError:
                 self._reset()
-                raise TransientTransportError(f"batch refused as too large: {exc}") from exc
-            except _PERMANENT as exc:
-                self._reset()
-                raise PermanentTransportError(f"{type(exc).__name__}: {exc}") from exc
-            except ValueError as exc:  # malformed connection string
-                self._reset()
-                raise PermanentTransportError(f"bad connection settings: {exc}") from exc
+                raise
             except Exception as exc:
                 self._reset()
-                raise TransientTransportError(f"{type(exc).__name__}: {exc}") from exc
+                raise self._classify(exc) from exc
+            finally:
+                watchdog.cancel()
+
+    def interrupt(self) -> None:
+        """End a send in progress now (any thread, or a signal handler); later sends fail."""
+        self._interrupted = True
+        self._abort("send interrupted: the drainer is stopping")
 
     def close(self) -> None:
-        """Close sender and client."""
+        """Close sender and client (the transport may be used again afterwards)."""
         with self._lock:
             self._reset()
+            self._interrupted = False
+
+    def _classify(self, exc: Exception) -> Exception:
+        name = f"{type(exc).__name__}: {exc}"
+        if self._aborted is not None:
+            return TransientTransportError(f"{self._aborted} ({name})")
+        if isinstance(exc, MessageSizeExceededError):  # the whole batch refused: retry smaller
+            return TransientTransportError(f"batch refused as too large: {exc}")
+        if isinstance(exc, _AUTH):
+            return PermanentTransportError(name, confirm_after=AUTH_CONFIRM_AFTER)
+        if isinstance(exc, _ENTITY):
+            return PermanentTransportError(f"queue {self.queue_name!r}: {name}")
+        return TransientTransportError(name)
+
+    def _abort(self, reason: str) -> None:
+        """Shut down the sockets of every AMQP client in use: a blocked read returns at once.
+
+        The SDK may drop its reference to a connection it failed to open, so the
+        transports cut here are kept and closed by ``_reset``.
+        """
+        self._aborted = reason
+        for amqp_client in list(self._amqp_clients):
+            transport = getattr(getattr(amqp_client, "_connection", None), "_transport", None)
+            if transport is None:
+                continue
+            self._cut_transports.append(transport)
+            sock = getattr(transport, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _new_client(self) -> Tuple[Any, Any]:
+        """A client and its sender; bad settings raise PermanentTransportError (no network)."""
+        options: Any = {"retry_total": self._retry_total}
+        try:
+            if self._connection_string:
+                client = ServiceBusClient.from_connection_string(self._connection_string, **options)
+            else:
+                client = ServiceBusClient(
+                    str(self._namespace), self._credential or _default_credential(), **options
+                )
+            try:
+                sender = client.get_queue_sender(self.queue_name)
+            except BaseException:
+                client.close()
+                raise
+        except ValueError as exc:  # malformed connection string, empty queue name
+            raise PermanentTransportError(f"bad connection settings: {exc}") from exc
+        return client, sender
 
     def _open(self) -> Any:
         if self._sender is None:
-            if self._connection_string:
-                client = ServiceBusClient.from_connection_string(
-                    self._connection_string, retry_total=self._retry_total
-                )
-            else:
-                client = ServiceBusClient(
-                    str(self._namespace),
-                    self._credential or _default_credential(),
-                    retry_total=self._retry_total,
-                )
-            self._client = client
-            self._sender = client.get_queue_sender(self.queue_name)
+            self._client, self._sender = self._new_client()
             self._keep_amqp_clients(self._sender)
         return self._sender
 
@@ -146,6 +211,10 @@ class ServiceBusTransport:
         amqp_clients, self._amqp_clients = self._amqp_clients, []
         for amqp_client in amqp_clients:
             _close_socket(amqp_client)
+        cut, self._cut_transports = self._cut_transports, []
+        for transport in cut:
+            with contextlib.suppress(Exception):
+                transport.close()
 
     def _keep_amqp_clients(self, sender: Any) -> None:
         """Remember each AMQP client ``sender`` creates, to close its socket in ``_reset``.
