@@ -158,7 +158,7 @@ def drain_cmd(
         timer.start()
     gave_up: Optional[PermanentTransportError] = None
     try:
-        if not drainer.try_lock():
+        if not _try_lock(drainer):
             holder = _lock_holder(drainer.lock_owner())
             if not wait:
                 click.echo(
@@ -168,7 +168,7 @@ def drain_cmd(
                 )
             else:
                 click.echo(f"cerbispool drain: waiting for {holder} to release the spool", err=True)
-            if not wait or not drainer.try_lock(timeout):
+            if not wait or not _try_lock(drainer, timeout):
                 drainer.close()
                 busy = f"another drainer ({holder}) is shipping this spool"
                 _print_summary(
@@ -203,6 +203,15 @@ def drain_cmd(
     if signalled and not follow:
         sys.exit(128 + signalled[0])
     sys.exit(0 if left == 0 else 1)
+
+
+def _try_lock(drainer: Any, timeout: Optional[float] = 0) -> bool:
+    """``drainer.try_lock``; a lock path that is not a lockable file ends the command (exit 2)."""
+    try:
+        return bool(drainer.try_lock(timeout))
+    except OSError as exc:  # locks/ or drain.lock is a directory, a FIFO, unwritable...
+        drainer.close()
+        raise CommandError(f"cannot take the drain lock of {drainer.spool_dir}: {exc}") from exc
 
 
 def _lock_holder(owner: Optional[Dict[str, Any]]) -> str:
@@ -318,7 +327,7 @@ def _replay(spool_dir: str, report: VerifyReport, to_file: Optional[str], queue:
     drainer.reader.lanes = lanes
     stop = _stop_on_signals(drainer)
     try:
-        if not drainer.try_lock():
+        if not _try_lock(drainer):
             holder = _lock_holder(drainer.lock_owner())
             raise CommandError(f"cannot replay: {holder} is shipping {spool_dir} now")
         try:

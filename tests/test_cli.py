@@ -608,3 +608,26 @@ def test_verify_replay_to_a_full_file_exits_1_with_what_is_pending(spool: str) -
     assert code in (1, 2), (out, err)
     assert "pending" in err or "Error" in err
     assert took < 30
+
+
+@pytest.mark.parametrize("damage", ["drain-lock-is-a-directory", "locks-is-a-fifo"])
+def test_drain_with_an_unlockable_drain_lock_exits_2_without_traceback(
+    spool: str, damage: str
+) -> None:
+    """A lock path that is no lockable file ends drain with one line, not a traceback."""
+    import shutil  # noqa: PLC0415
+
+    locks = os.path.join(spool, "locks")
+    if damage == "drain-lock-is-a-directory":
+        lock = os.path.join(locks, "drain.lock")
+        if os.path.exists(lock):
+            os.unlink(lock)
+        os.mkdir(lock)
+    else:
+        shutil.rmtree(locks)
+        os.mkfifo(locks)
+    code, out, err, took = run("drain", spool, "--connection-string", conn_for(1), "--timeout", "5")
+    assert code == 2, (out, err)
+    assert "Traceback" not in err
+    assert "drain lock" in one_line_error(err)
+    assert took < 15
