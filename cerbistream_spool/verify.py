@@ -72,16 +72,10 @@ class Problem:
 
 
 @dataclass
-class Notice:
+class Notice(Problem):
     """An expected state worth knowing (a crash), not damage; ``seq``/``ts_ns``: the lane's
     last complete record."""
 
-    lane: int
-    segment: str
-    offset: int
-    seq: Optional[int]
-    kind: str
-    detail: str
     ts_ns: Optional[int] = None
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Tuple
+import time
+from typing import Any, Callable, Dict, List, Tuple
 
 from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
 from cerbistream_spool.spool.lanes import lane_dir
@@ -79,3 +80,13 @@ def read_bytes(path: str) -> bytes:
     """A whole file's bytes."""
     with open(path, "rb") as fh:
         return fh.read()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.02) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()

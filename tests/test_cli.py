@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -33,6 +33,7 @@ from azure.servicebus.exceptions import (
     ServiceBusAuthenticationError,
     ServiceBusConnectionError,
 )
+from spoolkit import wait_until
 
 from cerbistream_spool import SpoolHandler
 from cerbistream_spool.diagnostics import Reporter
@@ -110,15 +111,6 @@ def summary_of(out: str) -> Dict[str, Any]:
     doc = json.loads(lines[-1])
     assert isinstance(doc, dict)
     return doc
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def make_spool(spool_dir: str, n: int = 5) -> None:

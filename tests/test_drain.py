@@ -31,6 +31,8 @@ import pytest
 pytest.importorskip("proton")
 pytest.importorskip("azure.servicebus")
 
+from spoolkit import wait_until
+
 from cerbistream_spool import SpoolHandler, verify
 from cerbistream_spool.drain import DEADLETTER_DIR, Drainer
 from cerbistream_spool.errors import TransientTransportError
@@ -68,15 +70,6 @@ def conn_for(port: int) -> str:
         f"Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=k;SharedAccessKey=v;"
         "UseDevelopmentEmulator=true"
     )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
 
 
 def spooled_events(spool_dir: str) -> Events:
