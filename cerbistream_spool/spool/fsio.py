@@ -79,6 +79,12 @@ _TEMP = re.compile(r"^(?P<name>.+)\.[0-9a-f]{16}\.tmp$")
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
+def temp_target(name: str) -> Optional[str]:
+    """The file name a temp file of ours (``create_temp``) stands for, else None."""
+    found = _TEMP.match(name)
+    return found.group("name") if found else None
+
+
 def create_temp(path: str) -> Tuple[str, int]:
     """A new temp file beside ``path``, 0600, never through a link: ``(name, fd)``."""
     while True:

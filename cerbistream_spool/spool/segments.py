@@ -26,7 +26,7 @@ import struct
 import zlib
 from typing import List, NamedTuple, Optional, Tuple, Union
 
-from cerbistream_spool.spool.fsio import FILE_MODE, fsync_dir, list_entries, write_all
+from cerbistream_spool.spool.fsio import FILE_MODE, fsync_dir, list_entries, temp_target, write_all
 
 __all__ = [
     "FLAG_KEYED",
@@ -107,16 +107,21 @@ _DIGITS = frozenset("0123456789")
 _OWN_FILES = ("cursor", "cursor.tmp")
 
 
+def _own_file(name: str) -> bool:
+    """The cursor, or a temp file of the cursor or of a segment (ours, never foreign)."""
+    if name in _OWN_FILES:
+        return True
+    target = temp_target(name) or (name[:-4] if name.endswith(".tmp") else None)
+    return target is not None and (target == "cursor" or parse_segment_name(target) is not None)
+
+
 def _classify(lane_dir: str) -> Tuple[List[Tuple[int, str]], List[str]]:
     segments, foreign = [], []
     for name, kind in list_entries(lane_dir):
         base = parse_segment_name(name)
         if kind == "file" and base is not None:
             segments.append((base, os.path.join(lane_dir, name)))
-        elif kind != "file" or not (
-            name in _OWN_FILES
-            or (name.endswith(".tmp") and parse_segment_name(name[:-4]) is not None)
-        ):
+        elif kind != "file" or not _own_file(name):
             foreign.append(name)
     segments.sort()
     return segments, sorted(foreign)
