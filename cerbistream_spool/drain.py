@@ -75,6 +75,7 @@ __all__ = ["DEADLETTER_DIR", "DRAIN_OWNER_FILE", "DrainStats", "Drainer", "read_
 DEADLETTER_DIR = "deadletter"
 DRAIN_OWNER_FILE = "drain.owner"  # in locks/: {"pid", "since_unix"} of the drain.lock holder
 _LOCK_POLL_S = 0.1
+_OBSERVER_JOIN_S = 0.2
 _RETRYABLE = (TransportError, OSError)
 _WIRE_OVERHEAD = 200  # AMQP framing + MessageId + application properties, per message
 
@@ -296,13 +297,13 @@ class Drainer:
         self._permanent_streak += 1
         return not (self._give_up and self._permanent_streak >= exc.confirm_after)
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
+    def _wait(self, retry_state: RetryCallState) -> float:
+        # named retry_state: tenacity 8.0 (the floor) passes it by keyword
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, PermanentTransportError) and not self._give_up:
-            return float(wait_fixed(self.backoff_max_s)(state))  # slowly: a human must fix it
-        return float(
-            wait_random_exponential(multiplier=self.backoff_base_s, max=self.backoff_max_s)(state)
-        )
+            return float(wait_fixed(self.backoff_max_s)(retry_state))  # slowly: a human must fix it
+        backoff = wait_random_exponential(multiplier=self.backoff_base_s, max=self.backoff_max_s)
+        return float(backoff(retry_state))
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)  # a stop() never waits out a backoff
@@ -396,7 +397,9 @@ class Drainer:
             self._loop()
         finally:
             observer.stop()
-            observer.join(5)
+            # older watchdog emitters notice a stop only at their next 1 s poll; the daemon
+            # thread ends by itself, a stop request must not wait for it
+            observer.join(_OBSERVER_JOIN_S)
 
     # -- thread --------------------------------------------------------------------------
 
