@@ -1,13 +1,16 @@
-"""The local AMQP peer (tools/amqp_peer) against the real azure-servicebus SDK.
+"""The local AMQP peer (cerbistream_spool.testing) against the real azure-servicebus SDK.
 
 Every test starts its own peer on a free 127.0.0.1 port. Clients use
 ``retry_total=0`` unless a test is about the SDK's own retries, and every
-send has a ``timeout=`` so nothing can hang.
+send has a ``timeout=`` so nothing can hang. The old name, ``tools.amqp_peer``,
+is a re-export kept for checkouts; the last tests pin that it stays one.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
+import os
 import subprocess
 import sys
 import time
@@ -23,12 +26,11 @@ sb_exceptions = pytest.importorskip("azure.servicebus.exceptions")
 from azure.servicebus import ServiceBusClient, ServiceBusMessage  # noqa: E402
 from proton import Message  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # tools/ is not an installed package
-    sys.path.insert(0, str(REPO))
+from cerbistream_spool import SpoolHandler  # noqa: E402
+from cerbistream_spool.testing import LocalPeer, local_peer, split_batch  # noqa: E402
+from cerbistream_spool.testing.cli import apply_command, record_to_json  # noqa: E402
 
-from tools.amqp_peer import LocalPeer, local_peer, split_batch  # noqa: E402
-from tools.amqp_peer.__main__ import apply_command, record_to_json  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 QUEUE = "cerbishield.log-scoring"
 SEND_TIMEOUT = 5
@@ -287,7 +289,7 @@ def test_cli_helpers(peer: LocalPeer) -> None:
     assert '"deliveries": 0' in apply_command(peer, "stats")
 
 
-def test_cli_prints_connection_string_and_json_lines(peer: LocalPeer) -> None:
+def test_cli_prints_connection_string_and_json_lines(peer: LocalPeer, tmp_path: Path) -> None:
     send_one(peer, contract_message(5))
     assert peer.wait_for(1, timeout=5)
     line = record_to_json(peer.accepted()[0])
@@ -295,8 +297,8 @@ def test_cli_prints_connection_string_and_json_lines(peer: LocalPeer) -> None:
     assert '"body": "{\\"LogId\\": \\"id-0005\\", \\"n\\": 5}"' in line
 
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.amqp_peer", "--port", "0", "--duration", "0.2"],
-        cwd=REPO,
+        [sys.executable, "-m", "cerbistream_spool.testing", "--port", "0", "--duration", "0.2"],
+        cwd=tmp_path,  # installed: no checkout on the path
         capture_output=True,
         text=True,
         timeout=20,
@@ -307,3 +309,89 @@ def test_cli_prints_connection_string_and_json_lines(peer: LocalPeer) -> None:
     assert first.startswith("Endpoint=sb://127.0.0.1:")
     assert first.endswith("UseDevelopmentEmulator=true")
     assert "NOT a production broker" in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# the public testing API and the old name
+
+
+def test_handler_ships_to_the_peer_and_events_decodes_them(tmp_path: Path) -> None:
+    """What a user's test does: point SpoolHandler at the peer, log, read the events."""
+    with LocalPeer.start() as peer:
+        handler = SpoolHandler(
+            str(tmp_path / "spool"),
+            tenant_id="t",
+            app_name="my-app",
+            governance_config_path=str(REPO / "cerbi_governance.json"),
+            connection_string=peer.connection_string(),
+        )
+        log = logging.getLogger("test_amqp_peer.app")
+        log.propagate = False
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        try:
+            log.info("signed in", extra={"user_id": "7", "password": "hunter2"})
+            assert peer.wait_for(1, timeout=30)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+        [event] = peer.events()
+    assert event["AppName"] == "my-app"
+    assert event["LogId"] == peer.message_ids()[0]
+    assert [v["RuleId"] for v in event["Violations"]] == ["SEC-001"]
+    assert b"hunter2" not in peer.accepted()[0].body
+
+
+def test_events_skips_bodies_that_are_not_json_objects(peer: LocalPeer) -> None:
+    send_one(peer, [ServiceBusMessage(b"not json"), ServiceBusMessage(b"[1]"), contract_message(1)])
+    assert peer.wait_for(3, timeout=5)
+    assert peer.events() == [{"LogId": "id-0001", "n": 1}]
+
+
+def test_tools_amqp_peer_is_the_same_peer() -> None:
+    """Tests, tools and the demo of a checkout import tools.amqp_peer: the same objects."""
+    import cerbistream_spool.testing as testing  # noqa: PLC0415
+    import cerbistream_spool.testing.peer as peer_module  # noqa: PLC0415
+    import tools.amqp_peer  # noqa: PLC0415
+    import tools.amqp_peer.__main__ as old_main  # noqa: PLC0415
+    import tools.amqp_peer.peer as old_peer  # noqa: PLC0415
+
+    for name in testing.__all__:
+        assert getattr(tools.amqp_peer, name) is getattr(testing, name)
+    assert old_peer.LocalPeer is peer_module.LocalPeer
+    assert old_peer.local_peer is peer_module.local_peer
+    assert old_main.apply_command is apply_command
+
+
+def test_python_m_tools_amqp_peer_still_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.amqp_peer", "--port", "0", "--duration", "0.2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Endpoint=sb://127.0.0.1:")
+
+
+def test_without_proton_the_import_error_names_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['proton'] = None\n"
+        "try:\n    import cerbistream_spool.testing\n"
+        "except ImportError as exc:\n    print(exc)\n"
+        "import cerbistream_spool; print('core', cerbistream_spool.SpoolHandler.__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "pip install 'cerbistream_spool[testing]'" in proc.stdout
+    assert "core SpoolHandler" in proc.stdout  # the library itself never needs proton

@@ -22,7 +22,7 @@ import time
 from typing import List, Optional
 
 from cerbistream_spool import SpoolHandler, set_correlation_id, verify
-from tools.amqp_peer.peer import LocalPeer
+from cerbistream_spool.testing import LocalPeer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

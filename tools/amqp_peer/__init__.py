@@ -1,6 +1,9 @@
-"""Local Service Bus-compatible AMQP 1.0 peer for tests and demos (not a production broker)."""
+"""The local AMQP peer, now ``cerbistream_spool.testing``; this name stays for checkouts.
 
-from tools.amqp_peer.peer import (
+``from tools.amqp_peer import LocalPeer`` and ``python -m tools.amqp_peer`` work as before.
+"""
+
+from cerbistream_spool.testing import (
     CONNECTION_FORCED,
     DEFAULT_MAX_MESSAGE_SIZE,
     SERVER_BUSY,

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
-from tools.amqp_peer.peer import LocalPeer
+from cerbistream_spool.testing import LocalPeer
 
 
 def run(messages: int, body_size: int, queue: str = "bench") -> Dict[str, Any]:
