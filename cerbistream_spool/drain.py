@@ -116,7 +116,7 @@ class Drainer:
         ``deadletter/``, and losses are counted and reported in ``last_error``."""
         self.spool_dir = os.path.abspath(spool_dir)
         self.transport = transport
-        self.reader = SpoolReader(self.spool_dir)
+        self.reader = SpoolReader(self.spool_dir, pin=True)  # drop_oldest spares what is in flight
         self.batch_max_records = batch_max_records
         self.batch_max_bytes = batch_max_bytes
         self._wire_ratio = 1.5  # wire bytes per spooled byte, learnt from each batch
