@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
+import os
+import signal
+import threading
 import time
-from typing import Any, Dict, Sequence
+import warnings
+from typing import Any, Dict, List, Sequence
 
 from spoolkit import wait_until
 
+from cerbistream_spool.diagnostics import Reporter
 from cerbistream_spool.drain import Drainer
 from cerbistream_spool.errors import SpoolFullError
 from cerbistream_spool.spool import SpoolConfig, SpoolWriter
@@ -76,3 +82,46 @@ def test_drop_oldest_never_drops_what_a_slow_drainer_has_in_flight(spool_dir: st
     assert writer_adds_up(stats), stats
     assert stats["events_delivered"] == len(received), (stats, len(received))
     writer.close()
+
+
+def test_a_child_forked_while_a_thread_holds_the_reporter_lock_still_reports() -> None:
+    """A thread of the parent holds ``Reporter._lock`` at the fork; the child reports
+    anyway (its lock is new) instead of deadlocking."""
+    reporter = Reporter(interval_s=0.0, stream=io.StringIO())
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with reporter._lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert held.wait(10)
+    with warnings.catch_warnings():  # 3.12+ warns when the process has other threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover — runs in the child
+        code = 1
+        try:
+            code = 0 if reporter.report("t", "from the child") else 2
+        finally:
+            os._exit(code)
+    exit_code: List[int] = []
+
+    def reaped() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            exit_code.append(os.waitstatus_to_exitcode(status))
+        return bool(done)
+
+    try:
+        finished = wait_until(reaped, 20)
+    finally:
+        release.set()
+        thread.join(10)
+        if not exit_code:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert finished, "the forked child deadlocked on the reporter's lock"
+    assert exit_code == [0]
