@@ -13,21 +13,32 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from spoolkit import wait_until
+import pytest
+from spoolkit import build, wait_until
 
+from cerbistream_spool import verify
 from cerbistream_spool.diagnostics import Reporter
 from cerbistream_spool.drain import Drainer
 from cerbistream_spool.errors import SpoolFullError
-from cerbistream_spool.spool import SpoolConfig, SpoolWriter
+from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
+from cerbistream_spool.spool.cursor import CURSOR_FILE, Cursor, read_cursor
+from cerbistream_spool.spool.lanes import lane_dir
 from cerbistream_spool.transports.base import OutgoingMessage, SendResult
 from cerbistream_spool.transports.memory import MemoryTransport
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class SlowTransport(MemoryTransport):
@@ -125,3 +136,106 @@ def test_a_child_forked_while_a_thread_holds_the_reporter_lock_still_reports() -
             os.waitpid(pid, 0)
     assert finished, "the forked child deadlocked on the reporter's lock"
     assert exit_code == [0]
+
+
+FULL_DISK_APP = Path(__file__).resolve().parent / "full_disk_app.py"
+
+
+def _on_a_full_tmpfs(tmp_path: Path) -> Dict[str, Any]:
+    """Run tests/full_disk_app.py on a 512 KiB tmpfs in a private mount namespace."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare(1) to mount a small tmpfs")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    script = 'mount -t tmpfs -o size=512k tmpfs "$1" || exit 77; shift; exec "$@"'
+    proc = subprocess.run(
+        [
+            unshare,
+            "-rm",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(mount),
+            sys.executable,
+            str(FULL_DISK_APP),
+            str(mount),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
+        check=False,
+    )
+    if proc.returncode == 77 or "unshare failed" in proc.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    result: Dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+@pytest.fixture(scope="module")
+def full_disk(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    return _on_a_full_tmpfs(tmp_path_factory.mktemp("full"))
+
+
+def test_on_a_full_disk_the_drainer_acks_and_ships_each_record_once(
+    full_disk: Dict[str, Any],
+) -> None:
+    """Acks write the preallocated cursor in place: no new block, so the drainer
+    advances (and frees space) instead of resending the same batch forever."""
+    drain = full_disk["drain"]
+    assert drain["pending"] == 0, drain
+    assert drain["sent"] == drain["unique"] == 300, drain
+
+
+def test_on_a_full_disk_drop_oldest_frees_space_instead_of_dropping_new_records(
+    full_disk: Dict[str, Any],
+) -> None:
+    writer = full_disk["writer"]
+    stats = writer["stats"]
+    assert writer["failed"] == 0 and stats["dropped"] == 0, writer
+    assert stats["lost"] > 0 and writer["gaps"].get("overflow", 0) > 0, writer
+    assert writer_adds_up(stats), stats
+
+
+def test_a_version_1_cursor_is_read_and_replaced_by_the_first_ack(spool_dir: str) -> None:
+    build(spool_dir, 30)
+    ldir = lane_dir(spool_dir, 0)
+    path = os.path.join(ldir, CURSOR_FILE)
+    reader = SpoolReader(spool_dir)
+    first = next(reader.batches(max_records=10))
+    os.unlink(path)
+    with open(path, "wb") as fh:  # what an older release wrote: 60 bytes
+        fh.write(Cursor(0, first.last_seq, first.records[-1].hash).encode())
+    assert read_cursor(ldir, 0) == Cursor(0, first.last_seq, first.records[-1].hash)
+    assert verify(spool_dir).valid
+    reader = SpoolReader(spool_dir)
+    batch = next(reader.batches(max_records=10))
+    assert batch.first_seq == first.last_seq + 1  # the old cursor is honoured
+    reader.ack(batch)
+    assert os.path.getsize(path) == 1024
+    assert read_cursor(ldir, 0) == Cursor(0, batch.last_seq, batch.records[-1].hash)
+    assert verify(spool_dir).valid
+
+
+def test_a_torn_cursor_slot_leaves_the_previous_cursor(spool_dir: str) -> None:
+    build(spool_dir, 30)
+    ldir = lane_dir(spool_dir, 0)
+    reader = SpoolReader(spool_dir)
+    batches = list(reader.batches(max_records=10))
+    reader.ack(batches[0])
+    before = read_cursor(ldir, 0)
+    inode = os.stat(os.path.join(ldir, CURSOR_FILE)).st_ino
+    reader.ack(batches[1])
+    assert os.stat(os.path.join(ldir, CURSOR_FILE)).st_ino == inode  # written in place
+    newer = read_cursor(ldir, 0)
+    assert isinstance(newer, Cursor) and newer.acked_seq == batches[1].last_seq
+    with open(os.path.join(ldir, CURSOR_FILE), "r+b") as fh:  # tear the slot just written
+        data = fh.read()
+        seq = newer.acked_seq.to_bytes(8, "little")
+        slot = next(i for i in (0, 1) if data[i * 512 + 24 : i * 512 + 32] == seq)
+        fh.seek(slot * 512 + 40)
+        fh.write(b"\xff" * 8)
+    assert read_cursor(ldir, 0) == before

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import os
 import sys
 import threading
@@ -42,7 +43,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from cerbistream_spool.errors import SpoolClosedError, SpoolError, SpoolFullError
 from cerbistream_spool.spool.chain import Chain
 from cerbistream_spool.spool.config import SpoolConfig
-from cerbistream_spool.spool.cursor import load_cursor
+from cerbistream_spool.spool.cursor import ensure_cursor, load_cursor
 from cerbistream_spool.spool.fsio import ensure_dir, file_size, fsync_dir, write_all
 from cerbistream_spool.spool.lanes import acquire_lane, lane_dir, list_lanes, unlink_unpinned
 from cerbistream_spool.spool.record import Kind, encode_body, encode_record
@@ -62,6 +63,7 @@ _time_ns = time.time_ns
 _REFRESH_MIN_S = 0.05  # at most one directory walk per 50 ms while over the size cap
 _COMMITTER_CHECK_S = 1.0  # how often a waiting appender checks that the committer lives
 _CHECK_NS = 100_000_000  # how often (at most) the append path checks the lane's files still exist
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _WRITERS: weakref.WeakSet[SpoolWriter] = weakref.WeakSet()
 
 
@@ -156,6 +158,8 @@ class SpoolWriter:
         if self._fd is None:
             self._new_segment()
         self._dir_id = _inode(self._dir)
+        with contextlib.suppress(OSError):  # the blocks every ack writes in place, taken now
+            ensure_cursor(self._dir, self.lane)
         for gap in state.gaps:
             self._write(Kind.GAP, encode_body(gap))
         self._write(
@@ -197,15 +201,35 @@ class SpoolWriter:
                     self._write_pending_gap()
                 seq = self._write(int(kind), body)
             except OSError as exc:
-                if kind == _EVENT:
-                    self._dropped += 1
-                    self._owe_gap("write-error", 1, f"write failed: {exc}")
-                raise
+                seq = self._write_after_failure(exc, kind, body)
             if kind == _EVENT:
                 self._events += 1
         if self._always:
             self._await_durable(seq)
         return seq
+
+    def _write_after_failure(self, exc: OSError, kind: int, body: bytes) -> int:
+        """A write failed: with ``drop_oldest`` and a full disk, free space by dropping the
+        oldest sealed segment (counted, a gap record) and write again; else count the drop
+        and raise (caller holds ``self._lock``)."""
+        if (
+            kind == _EVENT
+            and exc.errno in _DISK_FULL
+            and self.config.overflow == "drop_oldest"
+            and not self._adrift
+        ):
+            try:
+                self._refresh_sizes(force=True)
+                if self._drop_oldest(0, at_least_one=True):
+                    if self._dropped_unrecorded:
+                        self._write_pending_gap()
+                    return self._write(int(kind), body)
+            except OSError as again:
+                exc = again
+        if kind == _EVENT:
+            self._dropped += 1
+            self._owe_gap("write-error", 1, f"write failed: {exc}")
+        raise exc
 
     def flush(self) -> None:
         """Return once every record accepted so far is fsynced."""
@@ -496,7 +520,7 @@ class SpoolWriter:
             f"spool {self.spool_dir} is full ({self.config.max_spool_bytes} bytes); record dropped"
         )
 
-    def _drop_oldest(self, need: int) -> bool:
+    def _drop_oldest(self, need: int, at_least_one: bool = False) -> bool:
         """Unlink our oldest sealed segments a drainer does not have in flight; True if any.
 
         A segment a drainer pinned (its records are being sent, spool/lanes.py) is
@@ -510,7 +534,9 @@ class SpoolWriter:
         dropped_to = 0
         kept: List[Tuple[int, int]] = []  # seq ranges of pinned segments
         idx = 0
-        while idx < len(self._sealed) and self._over_cap(need):
+        while idx < len(self._sealed) and (
+            self._over_cap(need) or (at_least_one and not dropped_to)
+        ):
             base, path, size = self._sealed[idx]
             last = (
                 self._sealed[idx + 1][0] - 1 if idx + 1 < len(self._sealed) else self._seg_base - 1
@@ -528,22 +554,24 @@ class SpoolWriter:
         fsync_dir(self._dir)
         if not dropped_to:
             return False
+        detail = "drop_oldest: " + (
+            "the disk is full" if at_least_one else "max_spool_bytes reached"
+        )
         lo = acked + 1
         for k_lo, k_hi in [*kept, (dropped_to + 1, dropped_to + 1)]:
             hi = min(k_lo - 1, dropped_to)
             if hi >= lo:
-                self._write(
-                    Kind.GAP,
-                    encode_body(
-                        {
-                            "reason": "overflow",
-                            "count": hi - lo + 1,
-                            "first_seq": lo,
-                            "last_seq": hi,
-                            "detail": "drop_oldest: max_spool_bytes reached",
-                        }
-                    ),
-                )
+                gap = {
+                    "reason": "overflow",
+                    "count": hi - lo + 1,
+                    "first_seq": lo,
+                    "last_seq": hi,
+                    "detail": detail,
+                }
+                try:
+                    self._write(Kind.GAP, encode_body(gap))
+                except OSError:  # still no room: the gap is owed (without its range)
+                    self._owe_gap("overflow", hi - lo + 1, f"{detail}: seq {lo}..{hi}")
             lo = max(lo, k_hi + 1)
         return True
 
