@@ -34,7 +34,7 @@ from cerbistream_spool.drain import Drainer
 from cerbistream_spool.errors import SpoolFullError
 from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
 from cerbistream_spool.spool.cursor import CURSOR_FILE, Cursor, read_cursor
-from cerbistream_spool.spool.lanes import lane_dir
+from cerbistream_spool.spool.lanes import drain_lock, lane_dir, try_lock
 from cerbistream_spool.transports.base import OutgoingMessage, SendResult
 from cerbistream_spool.transports.memory import MemoryTransport
 
@@ -239,3 +239,62 @@ def test_a_torn_cursor_slot_leaves_the_previous_cursor(spool_dir: str) -> None:
         fh.seek(slot * 512 + 40)
         fh.write(b"\xff" * 8)
     assert read_cursor(ldir, 0) == before
+
+
+LOCK_APP = Path(__file__).resolve().parent / "drain_lock_app.py"
+
+
+def _held_by_another(spool_dir: str) -> bool:
+    """True when another process holds ``locks/drain.lock`` (as it is now on disk)."""
+    if not os.path.isdir(os.path.join(spool_dir, "locks")):
+        return False
+    lock = drain_lock(spool_dir)
+    if try_lock(lock):
+        lock.release()
+        return False
+    return True
+
+
+def test_a_drainer_whose_spool_vanished_takes_the_new_drain_lock(
+    spool_dir: str, tmp_path: Path
+) -> None:
+    """The spool is removed under an app with an in-process drainer; the writer makes it
+    again. The app's drainer must hold the *new* drain lock, so a second drainer
+    (another process: this one) stands by instead of shipping beside it."""
+    out = tmp_path / "a.jsonl"
+    app = subprocess.Popen(
+        [sys.executable, str(LOCK_APP), spool_dir, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+    )
+
+    def run(cmd: str) -> None:
+        assert app.stdin is not None and app.stdout is not None
+        app.stdin.write(cmd + "\n")
+        app.stdin.flush()
+        assert app.stdout.readline(), app.communicate(timeout=10)[1]
+
+    try:
+        run("emit 5")
+        assert wait_until(lambda: out.exists() and len(out.read_text().splitlines()) == 5, 10)
+        assert _held_by_another(spool_dir)
+        os.rename(spool_dir, f"{spool_dir}.gone")  # (rm -rf races the app's own writes)
+        time.sleep(0.15)  # past the writer's 100 ms check: the next append recreates it
+        run("emit 5")
+        assert wait_until(lambda: _held_by_another(spool_dir), 10), "nobody holds the new lock"
+        second = Drainer(spool_dir, MemoryTransport())
+        try:
+            assert second.run_once() == 0
+            assert second.transport.message_ids() == []  # type: ignore[attr-defined]
+        finally:
+            second.close()
+        assert wait_until(lambda: len(out.read_text().splitlines()) == 10, 10)
+        app.communicate("quit\n", timeout=30)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.communicate(timeout=10)
+    assert app.returncode == 0
