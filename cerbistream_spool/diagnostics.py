@@ -3,13 +3,19 @@
 Logging about ourselves through ``logging`` would feed our own handler (the Azure
 Monitor exporter's #39104); so problems go to stderr, at most once per interval
 per topic, with a count of what was suppressed in between.
+
+A forked child gets a fresh lock in every reporter (``os.register_at_fork``): a
+thread of the parent may have held it at the fork, and would never release it
+in the child.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+import weakref
 from typing import Dict, Optional, TextIO, Tuple
 
 __all__ = ["Reporter", "guard", "mark_internal_thread"]
@@ -30,6 +36,7 @@ class Reporter:
         self._stream = stream
         self._lock = threading.Lock()
         self._last: Dict[str, Tuple[float, int]] = {}
+        _REPORTERS.add(self)
 
     def report(self, topic: str, message: str) -> bool:
         """Print ``message`` unless ``topic`` was reported within the interval; True if printed."""
@@ -48,3 +55,15 @@ class Reporter:
         except Exception:  # noqa: BLE001, S110 — stderr itself failing must not reach the app
             pass
         return True
+
+
+_REPORTERS: weakref.WeakSet[Reporter] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for reporter in list(_REPORTERS):
+        reporter._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -37,7 +37,7 @@ import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from filelock import Timeout
 from tenacity import (
@@ -116,7 +116,7 @@ class Drainer:
         ``deadletter/``, and losses are counted and reported in ``last_error``."""
         self.spool_dir = os.path.abspath(spool_dir)
         self.transport = transport
-        self.reader = SpoolReader(self.spool_dir)
+        self.reader = SpoolReader(self.spool_dir, pin=True)  # drop_oldest spares what is in flight
         self.batch_max_records = batch_max_records
         self.batch_max_bytes = batch_max_bytes
         self._wire_ratio = 1.5  # wire bytes per spooled byte, learnt from each batch
@@ -126,6 +126,7 @@ class Drainer:
         self._writer = writer
         self._own_writer: Optional[SpoolWriter] = None
         self._lock = drain_lock(self.spool_dir)
+        self._lock_id: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of the file we lock
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -157,6 +158,7 @@ class Drainer:
 
     def run_once(self) -> int:
         """Ship every record pending now; returns events delivered. Raises on failure."""
+        self._check_lock()
         if not self._take_lock(0):
             self._stats.last_error = "another drainer is shipping this spool"
             return 0
@@ -476,6 +478,19 @@ class Drainer:
         """What the holder of the drain lock wrote about itself (pid, since_unix), if known."""
         return read_drain_owner(self.spool_dir)
 
+    def _check_lock(self) -> None:
+        """Let go of a drain lock whose file was removed or replaced (the spool directory
+        vanished and was made again): another drainer could lock the new file, and two
+        drainers would ship. One ``stat`` per pass; the caller takes the new lock."""
+        if not self._lock.is_locked:
+            return
+        if _identity(self._lock.lock_file) == self._lock_id:
+            return
+        self.reader.rewind()
+        with contextlib.suppress(OSError):
+            self._lock.release(force=True)
+        self._stats.last_error = "the drain lock file was removed; taking the new one"
+
     def _take_lock(self, timeout: Optional[float]) -> bool:
         """Acquire the drain lock within ``timeout`` (None: until stopped); never ignores stop."""
         if self._lock.is_locked:
@@ -493,6 +508,7 @@ class Drainer:
             )(self._lock.acquire, timeout=0)
         except Timeout:
             return False
+        self._lock_id = _identity(self._lock.lock_file)
         owner = {"pid": os.getpid(), "since_unix": time.time()}
         with contextlib.suppress(OSError):  # advisory: a waiter then says "pid unknown"
             atomic_write(
@@ -517,3 +533,11 @@ def read_drain_owner(spool_dir: str) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def _identity(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

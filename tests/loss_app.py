@@ -75,12 +75,15 @@ def main(argv: List[str]) -> int:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
         elif op == "heal":
             resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
-        elif op == "ack":
+        elif op == "ack":  # a drainer: another process, not under the app's RLIMIT_FSIZE
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
             reader = SpoolReader(spool_dir)
             for i, batch in enumerate(reader.batches(max_records=20)):
                 if i >= int(cmd[1]):
                     break
                 reader.ack(batch)
+            resource.setrlimit(resource.RLIMIT_FSIZE, limit)
         elif op == "vanish":
             shutil.rmtree(spool_dir, ignore_errors=True)
         elif op == "replace":

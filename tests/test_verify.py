@@ -279,7 +279,8 @@ def test_signing_key_comes_from_the_environment(
 def test_a_corrupt_cursor_is_reported(spool: str) -> None:
     reader = SpoolReader(spool)
     reader.ack(next(reader.batches(max_records=5)))
-    flip(os.path.join(lane_dir(spool, 0), "cursor"), 20)
+    flip(os.path.join(lane_dir(spool, 0), "cursor"), 20)  # slot 0
+    flip(os.path.join(lane_dir(spool, 0), "cursor"), 512 + 20)  # slot 1
     assert [k for k, _, _ in kinds_at(spool)] == ["cursor"]
 
 

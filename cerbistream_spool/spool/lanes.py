@@ -20,6 +20,8 @@ back and continues its chain.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import inspect
 import os
 import re
@@ -30,7 +32,7 @@ import filelock
 from filelock import FileLock, Timeout
 
 from cerbistream_spool.errors import LaneUnavailableError, SpoolError
-from cerbistream_spool.spool.fsio import FILE_MODE, ensure_dir, list_entries
+from cerbistream_spool.spool.fsio import FILE_MODE, ensure_dir, list_entries, open_regular
 from cerbistream_spool.spool.segments import lane_foreign
 
 __all__ = [
@@ -44,8 +46,10 @@ __all__ = [
     "lane_dir",
     "lane_lock",
     "list_lanes",
+    "pin_segment",
     "scan_lanes",
     "try_lock",
+    "unlink_unpinned",
 ]
 
 LANES_DIR = "lanes"
@@ -223,3 +227,55 @@ def owner_lock(spool_dir: str, lane: int) -> Optional[FileLock]:
         return lock if try_lock(lock) else None
     except OSError:  # a lock path that cannot be locked (a directory, ...): treat as held
         return None
+
+
+# -- segment pins: what a drainer has in flight is never dropped -------------------------
+#
+# A drainer holds ``flock(LOCK_SH)`` on every segment it handed out records from until
+# the batch is acked (or rewound). ``drop_oldest`` unlinks a segment only while it holds
+# ``flock(LOCK_EX)`` on it, taken without waiting: a pinned segment is skipped (the next
+# oldest goes instead), and a reader that pins a segment after its unlink sees
+# ``st_nlink == 0`` and treats it as gone. Works across processes (a sidecar drainer)
+# and within one (flock locks belong to open file descriptions). The lock is on the
+# segment itself, which filelock cannot lock without truncating it, hence ``fcntl``.
+
+
+def pin_segment(path: str) -> Optional[int]:
+    """A descriptor holding a shared pin on the segment at ``path``; None when it is gone.
+
+    The caller closes the descriptor to unpin (a forked child closes its copy).
+    """
+    try:
+        fd, _ = open_regular(path)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # an unlinking writer holds LOCK_EX only briefly
+        if os.fstat(fd).st_nlink == 0:  # dropped before we pinned it
+            os.close(fd)
+            return None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlink_unpinned(path: str) -> Optional[bool]:
+    """Unlink the segment unless a reader pins it: True unlinked, False pinned, None gone."""
+    try:
+        fd, _ = open_regular(path)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return None
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -14,13 +14,20 @@ the sequence numbers lost as best known from the valid neighbours), so the
 caller can keep the segment for salvage and record the loss *before* acking
 past it. Damage at the very end of a lane's newest segment stops the reader
 there (a torn write the writer's recovery settles).
+
+With ``pin=True`` (the drainer's reader) every segment records were handed out
+from stays pinned (``flock(LOCK_SH)``, spool/lanes.py) until the batch is acked
+or rewound, so ``drop_oldest`` never drops records in flight to the broker
+(they would be counted lost and delivered).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
@@ -32,7 +39,13 @@ from cerbistream_spool.spool.fsio import (
     map_regular,
     read_regular,
 )
-from cerbistream_spool.spool.lanes import LANES_DIR, lane_dir, list_lanes, owner_lock
+from cerbistream_spool.spool.lanes import (
+    LANES_DIR,
+    lane_dir,
+    list_lanes,
+    owner_lock,
+    pin_segment,
+)
 from cerbistream_spool.spool.record import (
     FRAME_OVERHEAD,
     FrameStatus,
@@ -118,6 +131,14 @@ class _Position:
     origin: Optional[Tuple[int, int]] = None  # identity of the lane directory read
     seg_created: Optional[int] = None  # header created_ns of the segment at ``base``
     stale: bool = False  # the segment at ``base`` was replaced under us: start again
+    pins: Dict[str, int] = field(default_factory=dict)  # segment path -> pinning descriptor
+
+    def unpin(self) -> None:
+        """Release the pins of records handed out (acked, or to be read again)."""
+        pins, self.pins = self.pins, {}
+        for fd in pins.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 @dataclass
@@ -129,12 +150,14 @@ class SpoolReader:
     lanes: Optional[Set[int]] = None  # read only these lanes (None: all)
     from_start: bool = False  # ignore cursors: everything still on disk (``tail --all``)
     unlink_acked: bool = True  # False: ack only moves the cursor (a replayed copy keeps all)
+    pin: bool = False  # pin segments with records in flight until acked (the drainer's reader)
     problems: List[Dict[str, Any]] = field(default_factory=list)
     _pos: Dict[int, _Position] = field(default_factory=dict)
     _next_lane: int = 0
 
     def __post_init__(self) -> None:
         _sweep_removed_lanes(self.spool_dir)
+        _READERS[id(self)] = self
 
     # -- public API ---------------------------------------------------------------
 
@@ -142,7 +165,7 @@ class SpoolReader:
         """The next batch from any lane (round-robin), or None when nothing is pending."""
         lanes = [n for n in list_lanes(self.spool_dir) if self.lanes is None or n in self.lanes]
         for gone in set(self._pos) - set(lanes):
-            del self._pos[gone]
+            self._pos.pop(gone).unpin()
         if not lanes:
             return None
         start = next((i for i, lane in enumerate(lanes) if lane >= self._next_lane), 0)
@@ -165,7 +188,13 @@ class SpoolReader:
 
     def rewind(self) -> None:
         """Forget read positions: the next batch starts again at each lane's cursor."""
+        self.release()
         self._pos.clear()
+
+    def release(self) -> None:
+        """Unpin every segment (also done by ``ack`` and ``rewind``)."""
+        for pos in self._pos.values():
+            pos.unpin()
 
     def ack(self, batch: Batch) -> None:
         """Persist that ``batch`` was delivered, then unlink fully acknowledged segments."""
@@ -174,13 +203,16 @@ class SpoolReader:
         if (batch.origin is not None and pos.origin != batch.origin) or _replaced(batch.tail):
             # the lane was removed or replaced since the batch was read (a new lane reuses
             # its number, maybe its inode): its cursor must not move by records it never held
+            pos.unpin()
             self._pos.pop(batch.lane, None)
             return
         if last.seq <= pos.acked.acked_seq:
+            pos.unpin()
             return
         ldir = lane_dir(self.spool_dir, batch.lane)
         pos.acked = Cursor(batch.lane, last.seq, last.hash)
         write_cursor(ldir, pos.acked)
+        pos.unpin()  # delivered and recorded: drop_oldest may take them now
         if not self.unlink_acked:
             return
         segments = list_segments(ldir)
@@ -208,7 +240,8 @@ class SpoolReader:
             on_disk = read_cursor(ldir, lane)
             if not isinstance(on_disk, Cursor) or on_disk.acked_seq >= pos.acked.acked_seq:
                 return pos
-            pos = None  # the cursor went back: a new lane in a reused inode
+        if pos is not None:  # replaced, or the cursor went back: a new lane in a reused inode
+            pos.unpin()
         found = read_cursor(ldir, lane)
         if isinstance(found, str):
             self._problem(lane, "", 0, "cursor", found + "; reading lane from the start")
@@ -221,7 +254,7 @@ class SpoolReader:
         batch = self._read_lane_once(lane, max_records, max_bytes)
         if self._pos.get(lane) is None or not self._pos[lane].stale:
             return batch
-        del self._pos[lane]  # its segment was replaced mid-read: read the new lane afresh
+        self._pos.pop(lane).unpin()  # its segment was replaced mid-read: read it afresh
         return self._read_lane_once(lane, max_records, max_bytes)
 
     def _read_lane_once(self, lane: int, max_records: int, max_bytes: int) -> Optional[Batch]:
@@ -282,6 +315,11 @@ class SpoolReader:
         ``next_base``: base of the next segment of the lane, None for the newest one.
         """
         used = 0
+        if self.pin and path not in pos.pins:
+            fd = pin_segment(path)
+            if fd is None:  # acked meanwhile, or dropped by drop_oldest (the writer counted it)
+                return False, used
+            pos.pins[path] = fd
         try:
             buf = map_regular(path)
         except OSError:  # gone (acked meanwhile) or replaced by a foreign file
@@ -383,7 +421,7 @@ class SpoolReader:
             os.rename(ldir, doomed)
             fsync_dir(lanes_dir)
             shutil.rmtree(doomed, ignore_errors=True)
-            del self._pos[lane]
+            self._pos.pop(lane).unpin()
         finally:
             lock.release()
 
@@ -398,6 +436,20 @@ class SpoolReader:
                     "detail": detail,
                 }
             )
+
+
+_READERS: weakref.WeakValueDictionary[int, SpoolReader] = weakref.WeakValueDictionary()
+
+
+def _forget_pins_in_child() -> None:
+    """A forked child closes its copies of the pins (never unlocking the parent's)."""
+    for reader in list(_READERS.values()):
+        for pos in reader._pos.values():
+            pos.unpin()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pins_in_child)
 
 
 def _sweep_removed_lanes(spool_dir: str) -> None:

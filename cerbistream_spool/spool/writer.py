@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import os
 import sys
 import threading
@@ -42,9 +43,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from cerbistream_spool.errors import SpoolClosedError, SpoolError, SpoolFullError
 from cerbistream_spool.spool.chain import Chain
 from cerbistream_spool.spool.config import SpoolConfig
-from cerbistream_spool.spool.cursor import load_cursor
+from cerbistream_spool.spool.cursor import ensure_cursor, load_cursor
 from cerbistream_spool.spool.fsio import ensure_dir, file_size, fsync_dir, write_all
-from cerbistream_spool.spool.lanes import acquire_lane, lane_dir, list_lanes
+from cerbistream_spool.spool.lanes import acquire_lane, lane_dir, list_lanes, unlink_unpinned
 from cerbistream_spool.spool.record import Kind, encode_body, encode_record
 from cerbistream_spool.spool.recovery import recover_lane
 from cerbistream_spool.spool.segments import (
@@ -62,6 +63,7 @@ _time_ns = time.time_ns
 _REFRESH_MIN_S = 0.05  # at most one directory walk per 50 ms while over the size cap
 _COMMITTER_CHECK_S = 1.0  # how often a waiting appender checks that the committer lives
 _CHECK_NS = 100_000_000  # how often (at most) the append path checks the lane's files still exist
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _WRITERS: weakref.WeakSet[SpoolWriter] = weakref.WeakSet()
 
 
@@ -156,6 +158,8 @@ class SpoolWriter:
         if self._fd is None:
             self._new_segment()
         self._dir_id = _inode(self._dir)
+        with contextlib.suppress(OSError):  # the blocks every ack writes in place, taken now
+            ensure_cursor(self._dir, self.lane)
         for gap in state.gaps:
             self._write(Kind.GAP, encode_body(gap))
         self._write(
@@ -197,15 +201,35 @@ class SpoolWriter:
                     self._write_pending_gap()
                 seq = self._write(int(kind), body)
             except OSError as exc:
-                if kind == _EVENT:
-                    self._dropped += 1
-                    self._owe_gap("write-error", 1, f"write failed: {exc}")
-                raise
+                seq = self._write_after_failure(exc, kind, body)
             if kind == _EVENT:
                 self._events += 1
         if self._always:
             self._await_durable(seq)
         return seq
+
+    def _write_after_failure(self, exc: OSError, kind: int, body: bytes) -> int:
+        """A write failed: with ``drop_oldest`` and a full disk, free space by dropping the
+        oldest sealed segment (counted, a gap record) and write again; else count the drop
+        and raise (caller holds ``self._lock``)."""
+        if (
+            kind == _EVENT
+            and exc.errno in _DISK_FULL
+            and self.config.overflow == "drop_oldest"
+            and not self._adrift
+        ):
+            try:
+                self._refresh_sizes(force=True)
+                if self._drop_oldest(0, at_least_one=True):
+                    if self._dropped_unrecorded:
+                        self._write_pending_gap()
+                    return self._write(int(kind), body)
+            except OSError as again:
+                exc = again
+        if kind == _EVENT:
+            self._dropped += 1
+            self._owe_gap("write-error", 1, f"write failed: {exc}")
+        raise exc
 
     def flush(self) -> None:
         """Return once every record accepted so far is fsynced."""
@@ -496,42 +520,83 @@ class SpoolWriter:
             f"spool {self.spool_dir} is full ({self.config.max_spool_bytes} bytes); record dropped"
         )
 
-    def _drop_oldest(self, need: int) -> None:
-        """Unlink our oldest sealed segments; one gap record names everything lost so far.
+    def _drop_oldest(self, need: int, at_least_one: bool = False) -> bool:
+        """Unlink our oldest sealed segments a drainer does not have in flight; True if any.
 
-        The range runs from the cursor on, so it stays true even when an earlier
-        gap record was itself in a dropped segment.
+        A segment a drainer pinned (its records are being sent, spool/lanes.py) is
+        skipped and the next oldest goes instead: no event is both lost and
+        delivered. The gap records run from the cursor on (less the pinned
+        segments), so they stay true even when an earlier gap record was itself in
+        a dropped segment.
         """
         cursor = load_cursor(self._dir, self.lane)
         acked = cursor.acked_seq if cursor else 0
         dropped_to = 0
-        while self._sealed and self._over_cap(need):
-            base, path, size = self._sealed.pop(0)
-            self._fixed_bytes -= size
-            last = self._sealed[0][0] - 1 if self._sealed else self._seg_base - 1
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
+        kept: List[Tuple[int, int]] = []  # seq ranges of pinned segments
+        idx = 0
+        while idx < len(self._sealed) and (
+            self._over_cap(need) or (at_least_one and not dropped_to)
+        ):
+            base, path, size = self._sealed[idx]
+            last = (
+                self._sealed[idx + 1][0] - 1 if idx + 1 < len(self._sealed) else self._seg_base - 1
+            )
+            done = unlink_unpinned(path)
+            if done is False:  # in flight to the broker: it stays
+                kept.append((base, last))
+                idx += 1
                 continue
-            if last > acked:
-                lo = max(base, acked + 1)
-                self._lost += self._events_between(lo, last)
-                self._lost_ranges.append((lo, last))
+            del self._sealed[idx]
+            self._fixed_bytes -= size
+            if done and last > acked:
+                self._lose_range(max(base, acked + 1), last)
                 dropped_to = last
         fsync_dir(self._dir)
-        if dropped_to:
-            self._write(
-                Kind.GAP,
-                encode_body(
-                    {
-                        "reason": "overflow",
-                        "count": dropped_to - acked,
-                        "first_seq": acked + 1,
-                        "last_seq": dropped_to,
-                        "detail": "drop_oldest: max_spool_bytes reached",
-                    }
-                ),
-            )
+        if not dropped_to:
+            return False
+        detail = "drop_oldest: " + (
+            "the disk is full" if at_least_one else "max_spool_bytes reached"
+        )
+        lo = acked + 1
+        for k_lo, k_hi in [*kept, (dropped_to + 1, dropped_to + 1)]:
+            hi = min(k_lo - 1, dropped_to)
+            if hi >= lo:
+                gap = {
+                    "reason": "overflow",
+                    "count": hi - lo + 1,
+                    "first_seq": lo,
+                    "last_seq": hi,
+                    "detail": detail,
+                }
+                try:
+                    self._write(Kind.GAP, encode_body(gap))
+                except OSError:  # still no room: the gap is owed (without its range)
+                    self._owe_gap("overflow", hi - lo + 1, f"{detail}: seq {lo}..{hi}")
+            lo = max(lo, k_hi + 1)
+        return True
+
+    def _lose_range(self, lo: int, hi: int) -> None:
+        """Count the events of ``lo..hi`` not counted before as lost (caller locks).
+
+        ``_lost_ranges`` stays sorted, disjoint and merged: a segment kept while pinned
+        and dropped later may span ranges already lost after it.
+        """
+        ranges = self._lost_ranges
+        i = bisect.bisect_left(ranges, (lo, lo))
+        if i and ranges[i - 1][1] >= lo - 1:
+            i -= 1
+        j, at = i, lo
+        new_lo, new_hi = lo, hi
+        while j < len(ranges) and ranges[j][0] <= hi + 1:
+            r_lo, r_hi = ranges[j]
+            if r_lo > at:
+                self._lost += self._events_between(at, min(hi, r_lo - 1))
+            at = max(at, r_hi + 1)
+            new_lo, new_hi = min(new_lo, r_lo), max(new_hi, r_hi)
+            j += 1
+        if at <= hi:
+            self._lost += self._events_between(at, hi)
+        ranges[i:j] = [(new_lo, new_hi)]
 
     def _owe_gap(self, reason: str, count: int, detail: str) -> None:
         """Remember ``count`` lost events for the next gap record (caller locks)."""
