@@ -8,7 +8,7 @@ from cerbistream_spool.errors import (
     SpoolError,
     SpoolFullError,
 )
-from cerbistream_spool.handler import SpoolHandler
+from cerbistream_spool.handler import SpoolHandler, SpoolStats
 from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
 from cerbistream_spool.verify import VerifyReport, verify
 
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "SpoolHandler",
+    "SpoolStats",
     "set_correlation_id",
     "get_correlation_id",
     "SpoolConfig",
