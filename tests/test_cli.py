@@ -343,6 +343,7 @@ def test_drain_timeout_is_honoured_within_a_second(
         conn_for(port),
         "--timeout",
         f"{timeout:g}",
+        "--json",
         timeout=timeout + 30,
     )
     assert code == 1, err
@@ -359,7 +360,7 @@ def test_authentication_refused_three_times_in_a_row_ends_one_shot_drain_with_ex
 ) -> None:
     with LocalPeer.start(auth_fail=True) as refusing:
         code, out, err, elapsed = run(
-            "drain", spool, "--connection-string", refusing.connection_string()
+            "drain", spool, "--connection-string", refusing.connection_string(), "--json"
         )
         rejected = refusing.stats()["cbs_rejected"]
     assert code == 2, err
