@@ -1,6 +1,6 @@
 """cerbistream_spool: a stdlib logging handler that never loses a governance log event."""
 
-from cerbistream_spool.context import get_correlation_id, set_correlation_id
+from cerbistream_spool.context import CaptureContext, get_correlation_id, set_correlation_id
 from cerbistream_spool.errors import (
     CerbiSpoolError,
     GovernanceConfigError,
@@ -20,6 +20,7 @@ __all__ = [
     "SpoolStats",
     "set_correlation_id",
     "get_correlation_id",
+    "CaptureContext",
     "SpoolConfig",
     "SpoolReader",
     "SpoolWriter",
