@@ -243,7 +243,8 @@ class _Progress:
     """The drain's progress line on a terminal, redrawn per batch and every 250 ms.
 
     ``draining 1200/5000 (24%), 3100 records/s, 3800 pending``; while sends fail,
-    ``outage: <last error>; next retry in 4.1s (...)``. Called with the events of
+    ``outage: next retry in 4.1s; 1200/5000 (...); last error <error>`` (cut at the
+    terminal's width). Called with the events of
     each acknowledged batch (``Drainer.drain_until_idle(progress=...)``).
     """
 
@@ -313,7 +314,7 @@ class _Progress:
         if retry_at is not None:  # failing: an outage, not a stall
             error = self._drainer.stats().get("last_error") or "send failed"
             wait = max(0.0, retry_at - now)
-            return f"outage: {error}; next retry in {wait:.1f}s ({where})"
+            return f"outage: next retry in {wait:.1f}s; {where}; last error {error}"
         return f"{'following' if self._follow else 'draining'} {where}"
 
     def _draw(self) -> None:
