@@ -105,6 +105,7 @@ class SpoolHandler(logging.Handler):
         self._drainer: Any = None
         self._closed = False
         self._final_stats: Optional[SpoolStats] = None  # taken by close(), returned after it
+        self._built = False  # construction finished (a failed one is still closed at shutdown)
         self._dropped_at_close = 0
         self._open_lock = threading.Lock()
         self._owed = 0  # drops while no writer was open: a gap record once one opens
@@ -162,6 +163,7 @@ class SpoolHandler(logging.Handler):
         self._last_error_at: Optional[float] = None
         self._next_open = 0.0
         self._governance_config_path = governance_config_path
+        self._built = True
         self._open_writer()
         if governance_config_path:
             self._start_watcher()
@@ -235,7 +237,7 @@ class SpoolHandler(logging.Handler):
             writer, self._writer = self._writer, None
             if writer is not None:
                 writer.close()
-            if self._final_stats is None:  # the last values, kept (a second close changes none)
+            if self._built and self._final_stats is None:  # kept; a second close changes none
                 self._dropped_at_close = self._dropped
                 self._final_stats = self._stats(writer, drainer)
             self._drainer = None
