@@ -78,6 +78,7 @@ _LOCK_POLL_S = 0.1
 _OBSERVER_JOIN_S = 0.2
 _RETRYABLE = (TransportError, OSError)
 _WIRE_OVERHEAD = 200  # AMQP framing + MessageId + application properties, per message
+_BUSY = "another drainer is shipping this spool"
 
 
 @dataclass
@@ -89,7 +90,8 @@ class DrainStats:
     dead_lettered: int = 0
     corrupt_records: int = 0  # records lost to damage on disk (each also a corruption gap)
     failures: int = 0
-    last_error: Optional[str] = None
+    last_error: Optional[str] = None  # None again once the condition ended
+    last_error_at: Optional[float] = None  # unix time of the latest error; kept after it ended
     last_delivery_unix: Optional[float] = None
 
 
@@ -141,6 +143,9 @@ class Drainer:
         self._permanent_streak = 0  # permanent failures in a row
         self._published: Dict[str, Any] = {}
         self._published_at = 0.0
+        self._progress: Optional[Callable[[int], None]] = None  # drain_until_idle's, per batch
+        #: ``time.monotonic()`` of the next attempt while failing (an outage), else None
+        self.retry_at: Optional[float] = None
 
     @classmethod
     def for_handler(cls, handler: SpoolHandler) -> Drainer:
@@ -150,7 +155,10 @@ class Drainer:
         )
 
         transport = ServiceBusTransport(
-            queue_name=handler.queue_name, connection_string=handler.connection_string
+            queue_name=handler.queue_name,
+            connection_string=handler.connection_string,
+            fully_qualified_namespace=handler.fully_qualified_namespace,
+            credential=handler.credential,
         )
         return cls(handler.spool_dir, transport, writer=handler.writer)
 
@@ -160,8 +168,10 @@ class Drainer:
         """Ship every record pending now; returns events delivered. Raises on failure."""
         self._check_lock()
         if not self._take_lock(0):
-            self._stats.last_error = "another drainer is shipping this spool"
+            self._stats.last_error = _BUSY
             return 0
+        if self._stats.last_error == _BUSY:  # ours now: that condition ended
+            self._stats.last_error = self._loss_note
         delivered = 0
         while not self._stop.is_set():
             batch = self.reader.read_batch(self.batch_max_records, self._batch_bytes())
@@ -197,6 +207,9 @@ class Drainer:
         stats.delivered += len(messages) - len(rejected)
         stats.last_delivery_unix = time.time()
         stats.last_error = self._loss_note
+        self.retry_at = None
+        if self._progress is not None:
+            self._progress(len(messages) - len(rejected))
         return len(messages) - len(rejected)
 
     def _record_damage(self, damage: Damage) -> None:
@@ -218,6 +231,7 @@ class Drainer:
             self._gap_writer().append_body(encode_body(gap), Kind.GAP)
         self._stats.corrupt_records += damage.lost
         self._loss_note = f"corruption: {lost} lost in {detail}"
+        self._stats.last_error_at = time.time()
 
     def _quarantine_copy(self, damage: Damage) -> Optional[str]:
         """Copy the damaged segment into quarantine/ durably; its path, None if it is gone."""
@@ -314,6 +328,9 @@ class Drainer:
         exc = state.outcome.exception() if state.outcome else None
         self._stats.failures += 1
         self._stats.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown failure"
+        self._stats.last_error_at = time.time()
+        if state.next_action is not None:
+            self.retry_at = time.monotonic() + state.next_action.sleep
         self._publish()  # a long outage must show in `cerbispool status` while it lasts
         if exc is not None and self._on_error is not None:
             self._on_error(exc)
@@ -323,6 +340,8 @@ class Drainer:
             self._retrying(deadline)(self.run_once)
         except _RETRYABLE as exc:  # stopped, out of time, or given up while failing
             self._stats.last_error = f"{type(exc).__name__}: {exc}"
+            self._stats.last_error_at = time.time()
+            self.retry_at = None
             self._publish()
             if (
                 self._give_up
@@ -365,22 +384,24 @@ class Drainer:
         deadline = None if timeout is None else time.monotonic() + timeout
         self._give_up = give_up
         if not self._take_lock(timeout):
-            self._stats.last_error = "another drainer is shipping this spool"
+            self._stats.last_error = _BUSY
             return self.pending_events()
-        while not self._stop.is_set():
-            before = self._stats.delivered
-            self._round(deadline)
-            if progress is not None:
-                progress(self._stats.delivered - before)
-            if self.reader.read_batch(1, 1) is None:
-                return 0
-            self.reader.rewind()
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        self._progress = progress  # told the events of each batch as it is acknowledged
+        try:
+            while not self._stop.is_set():
+                self._round(deadline)
+                if self.reader.read_batch(1, 1) is None:
+                    return 0
+                self.reader.rewind()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:
+            self._progress = None
         return self.pending_events()
 
-    def follow(self) -> None:
-        """Ship continuously, woken by file events under the spool, until ``stop()``."""
+    def follow(self, progress: Optional[Callable[[int], None]] = None) -> None:
+        """Ship continuously, woken by file events under the spool, until ``stop()``;
+        ``progress`` is told the events of each batch."""
         from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
         from watchdog.observers import Observer  # noqa: PLC0415
 
@@ -395,9 +416,11 @@ class Drainer:
         observer.daemon = True
         observer.schedule(_Wake(), self.spool_dir, recursive=True)
         observer.start()
+        self._progress = progress
         try:
             self._loop()
         finally:
+            self._progress = None
             observer.stop()
             # older watchdog emitters notice a stop only at their next 1 s poll; the daemon
             # thread ends by itself, a stop request must not wait for it

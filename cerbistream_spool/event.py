@@ -51,7 +51,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 
 import msgpack
 
-from cerbistream_spool.context import get_correlation_id
+from cerbistream_spool.context import CAPTURED_ATTR, Captured, get_correlation_id
 from cerbistream_spool.errors import SpoolConfigError
 from cerbistream_spool.governance import (
     REDACTED,
@@ -434,8 +434,11 @@ def _content(
         if value is not None:
             correlation_id = _as_text(value)
         relaxed = _truthy(controls.get("governance_relaxed"))
+    captured = attrs.get(CAPTURED_ATTR)  # CaptureContext, on the app's thread (QueueHandler)
+    if captured is not None and captured.__class__ is not Captured:
+        captured = None
     if correlation_id is None:
-        correlation_id = get_correlation_id()
+        correlation_id = get_correlation_id() if captured is None else captured.correlation_id
         if correlation_id is not None:
             correlation_id = _as_text(correlation_id)
 
@@ -463,10 +466,13 @@ def _content(
     if blocked:
         payload = {"logger": logger, "level": level, "blocked": True}
     else:
-        try:
-            message = record.getMessage()
-        except Exception as exc:  # noqa: BLE001 - a bad format string must not lose the event
-            message = _unformattable(record, exc)
+        if captured is not None and captured.message is not None:
+            message = captured.message  # QueueHandler.prepare put its formatted text in msg
+        else:
+            try:
+                message = record.getMessage()
+            except Exception as exc:  # noqa: BLE001 - a bad format string must not lose the event
+                message = _unformattable(record, exc)
         if message.__class__ is not str or not message.isascii():
             message = _as_text(message)
         payload["message"] = message
@@ -481,6 +487,8 @@ def _content(
             exception = _exception(record.exc_info)
             if exception is not None:
                 payload["exception"] = exception
+        elif captured is not None and captured.exception is not None:
+            payload["exception"] = dict(captured.exception)  # prepare() cleared exc_info
     return (
         overrides,
         correlation_id,

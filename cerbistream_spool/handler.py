@@ -13,13 +13,14 @@ starts a drainer that stands by on the spool's drain lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
 import weakref
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, TypedDict
 
 from cerbistream_spool.diagnostics import Reporter, guard
 from cerbistream_spool.errors import GovernanceConfigError, SpoolConfigError, SpoolFullError
@@ -27,16 +28,47 @@ from cerbistream_spool.event import EventEncoder
 from cerbistream_spool.governance import Governance, load_governance
 from cerbistream_spool.governance_watch import GovernanceWatcher
 from cerbistream_spool.spool.config import MiB, SpoolConfig
+from cerbistream_spool.spool.lanes import lane_dir
 from cerbistream_spool.spool.reader import oldest_pending_ns
 from cerbistream_spool.spool.record import Kind
+from cerbistream_spool.spool.segments import list_segments
 from cerbistream_spool.spool.writer import SpoolWriter, forget_inherited_lock
 
-__all__ = ["DEFAULT_QUEUE", "SpoolHandler"]
+__all__ = ["DEFAULT_QUEUE", "SpoolHandler", "SpoolStats"]
 
 DEFAULT_QUEUE = "cerbishield.log-scoring"
 CONNECTION_ENV = "CERBISTREAM_SERVICEBUS_CONNECTION"
 _REOPEN_EVERY_S = 5.0
 _HANDLERS: weakref.WeakSet[SpoolHandler] = weakref.WeakSet()
+# kinds of handler error that a record spooled afterwards proves over
+_APPEND_ERRORS = frozenset(("emit", "full", "write", "open"))
+
+
+class SpoolStats(TypedDict):
+    """What :meth:`SpoolHandler.stats` returns (docs/OPERATIONS.md, "Watching a spool").
+
+    Counts are of events (log records), never of open, close or gap records.
+    While no ``emit`` is under way: ``accepted == delivered + pending_records +
+    dropped + lost``.
+    """
+
+    lane: Optional[int]  # None until the spool could be opened
+    accepted: int
+    durable: int
+    delivered: int
+    pending_records: int
+    pending_bytes: int
+    dropped: int
+    lost: int
+    accepted_seq: int
+    durable_seq: int
+    delivered_seq: int
+    oldest_pending_age_s: Optional[float]
+    suppressed: int
+    last_error: Optional[str]  # the condition now, None once it ended
+    last_error_at: Optional[float]  # unix time of the latest error; kept after it ended
+    drain: Optional[Dict[str, Any]]  # the in-process drainer's counters, None without one
+    governance_sha256: str
 
 
 class SpoolHandler(logging.Handler):
@@ -52,6 +84,8 @@ class SpoolHandler(logging.Handler):
         governance_config_path: Optional[str] = None,
         governance_profile: str = "default",
         connection_string: Optional[str] = None,
+        fully_qualified_namespace: Optional[str] = None,
+        credential: Any = None,
         queue_name: str = DEFAULT_QUEUE,
         fsync: str = "interval",
         drain: bool = True,
@@ -70,7 +104,9 @@ class SpoolHandler(logging.Handler):
         self._watcher: Optional[GovernanceWatcher] = None
         self._drainer: Any = None
         self._closed = False
-        self._closed_stats: Dict[str, Any] = {}
+        self._final_stats: Optional[SpoolStats] = None  # taken by close(), returned after it
+        self._built = False  # construction finished (a failed one is still closed at shutdown)
+        self._dropped_at_close = 0
         self._open_lock = threading.Lock()
         self._owed = 0  # drops while no writer was open: a gap record once one opens
         self._restart_drainer = False
@@ -91,7 +127,21 @@ class SpoolHandler(logging.Handler):
         self.environment = environment
         self.governance_profile = governance_profile
         self.queue_name = queue_name
-        self.connection_string = connection_string or os.environ.get(CONNECTION_ENV) or None
+        if connection_string and fully_qualified_namespace:
+            raise SpoolConfigError(
+                "pass connection_string or fully_qualified_namespace (Entra ID), not both"
+            )
+        if credential is not None and not fully_qualified_namespace:
+            raise SpoolConfigError("credential needs fully_qualified_namespace")
+        #: Entra ID: the namespace (``<name>.servicebus.windows.net``) and its credential
+        #: (None: ``azure.identity.DefaultAzureCredential``, from the ``identity`` extra)
+        self.fully_qualified_namespace = fully_qualified_namespace or None
+        self.credential = credential
+        self.connection_string = (
+            None
+            if self.fully_qualified_namespace
+            else connection_string or os.environ.get(CONNECTION_ENV) or None
+        )
         self.config = SpoolConfig(
             fsync=fsync,
             max_spool_bytes=max_spool_bytes,
@@ -109,12 +159,15 @@ class SpoolHandler(logging.Handler):
         self._dropped = 0
         self._suppressed = 0
         self._last_error: Optional[str] = None
+        self._error_kind: Optional[str] = None  # what ends self._last_error (_APPEND_ERRORS...)
+        self._last_error_at: Optional[float] = None
         self._next_open = 0.0
         self._governance_config_path = governance_config_path
+        self._built = True
         self._open_writer()
         if governance_config_path:
             self._start_watcher()
-        if drain and self.connection_string:
+        if drain and (self.connection_string or self.fully_qualified_namespace):
             self._start_drainer()
 
     # -- logging.Handler ------------------------------------------------------------
@@ -148,7 +201,7 @@ class SpoolHandler(logging.Handler):
         """Count the record as dropped (a gap record follows) and report once per interval."""
         exc = sys.exc_info()[1]
         self._dropped += 1
-        self._last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
+        self._error("emit", f"{type(exc).__name__}: {exc}" if exc else "unknown error")
         self._reporter.report("emit", f"record dropped: {self._last_error}")
         writer = self._writer
         if writer is not None and not writer.closed:
@@ -163,8 +216,10 @@ class SpoolHandler(logging.Handler):
             try:
                 writer.flush()
             except OSError as exc:
-                self._last_error = f"flush failed: {exc}"
-                self._reporter.report("flush", self._last_error)
+                self._error("flush", f"flush failed: {exc}")
+                self._reporter.report("flush", f"flush failed: {exc}")
+            else:
+                self._ended("flush")
 
     def close(self) -> None:
         """Stop the drainer and watcher (bounded), flush, write the close marker, release.
@@ -173,65 +228,79 @@ class SpoolHandler(logging.Handler):
         """
         self._closed = True
         try:
-            if self._drainer is not None:
-                self._drainer.stop()
-                self._drainer = None
+            drainer = self._drainer
+            if drainer is not None:
+                drainer.stop()
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher = None
             writer, self._writer = self._writer, None
             if writer is not None:
                 writer.close()
-                self._closed_stats = writer.stats()  # stats() keeps counting from here
+            if self._built and self._final_stats is None:  # kept; a second close changes none
+                self._dropped_at_close = self._dropped
+                self._final_stats = self._stats(writer, drainer)
+            self._drainer = None
         finally:
             super().close()
 
     # -- stats -------------------------------------------------------------------------
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> SpoolStats:
         """Counts of events (never markers) and the lane's watermarks (docs/OPERATIONS.md).
 
         While no append is under way, ``accepted == delivered + pending_records +
-        dropped + lost``.
+        dropped + lost``. After ``close()`` the values at close are kept; records
+        logged afterwards are added to ``accepted`` and ``dropped``.
         """
-        writer = self._writer
-        out: Dict[str, Any] = {
-            "pending_records": 0,
-            "pending_bytes": 0,
-            "oldest_pending_age_s": None,
-            "last_error": None,
-        }
-        ws: Dict[str, Any] = self._closed_stats
-        if writer is not None:
-            ws = writer.stats()
-        out.update(ws)
-        if writer is not None:
+        final = self._final_stats
+        if final is None:
+            return self._stats(self._writer, self._drainer)
+        late = self._dropped - self._dropped_at_close
+        out = SpoolStats(**final)
+        out["accepted"] += late
+        out["dropped"] += late
+        out["suppressed"] = self._suppressed
+        if self._last_error_at is not None and self._last_error_at > (out["last_error_at"] or 0):
+            out["last_error"], out["last_error_at"] = self._last_error, self._last_error_at
+        return out
+
+    def _stats(self, writer: Optional[SpoolWriter], drainer: Any) -> SpoolStats:
+        ws: Dict[str, Any] = writer.stats() if writer is not None else {}
+        drain: Optional[Dict[str, Any]] = drainer.stats() if drainer is not None else None
+        dstats = drain or {}
+        # records the drainer passed without delivering them: the cursor is beyond them
+        unsent = dstats.get("dead_lettered", 0) + dstats.get("corrupt_records", 0)
+        dropped = ws.get("dropped", 0) + self._dropped
+        pending = int(ws.get("pending_records", 0))
+        pending_bytes = int(ws.get("pending_bytes", 0))
+        oldest_age: Optional[float] = None
+        if writer is not None and pending:
             oldest = oldest_pending_ns(self.spool_dir, writer.lane)
             if oldest is not None:
-                out["oldest_pending_age_s"] = max(0.0, (time.time_ns() - oldest) / 1e9)
-        drain = self._drainer.stats() if self._drainer is not None else None
-        out["drain"] = drain  # the drainer's counters; "delivered" below counts events
-        # records the drainer passed without delivering them: the cursor is beyond them
-        unsent = (drain or {}).get("dead_lettered", 0) + (drain or {}).get("corrupt_records", 0)
-        dropped = ws.get("dropped", 0) + self._dropped
-        out.update(
+                oldest_age = max(0.0, (time.time_ns() - oldest) / 1e9)
+            if writer.closed and not pending_bytes:  # the closed writer no longer sizes its lane
+                pending_bytes = _lane_bytes(self.spool_dir, writer.lane)
+        times = [t for t in (self._last_error_at, dstats.get("last_error_at")) if t is not None]
+        return SpoolStats(
+            lane=ws.get("lane"),
             accepted=ws.get("events", 0) + dropped,
             durable=ws.get("events_durable", 0),
             delivered=ws.get("events_delivered", 0) - unsent,
+            pending_records=pending,
+            pending_bytes=pending_bytes,
             dropped=dropped,
             lost=ws.get("lost", 0) + unsent,
             accepted_seq=ws.get("accepted", 0),
             durable_seq=ws.get("durable", 0),
             delivered_seq=ws.get("delivered", 0),
+            oldest_pending_age_s=oldest_age,
+            suppressed=self._suppressed,
+            last_error=dstats.get("last_error") or self._last_error or ws.get("last_error"),
+            last_error_at=max(times) if times else None,
+            drain=drain,  # the drainer's counters; "delivered" above counts events
+            governance_sha256=self._governance.sha256,
         )
-        for key in ("events", "events_durable", "events_delivered"):
-            out.pop(key, None)
-        out["suppressed"] = self._suppressed
-        out["last_error"] = (
-            (drain or {}).get("last_error") or self._last_error or out.get("last_error")
-        )
-        out["governance_sha256"] = self._governance.sha256
-        return out
 
     def drainer_wake(self) -> None:
         """Ask the drainer (if any) to ship now instead of at its next poll."""
@@ -260,12 +329,14 @@ class SpoolHandler(logging.Handler):
         try:
             writer.append_body(body, Kind.EVENT)
         except SpoolFullError as exc:  # counted by the writer; a gap record follows
-            self._last_error = str(exc)
+            self._error("full", str(exc))
             self._reporter.report("full", str(exc))
         except OSError as exc:  # disk full, read-only, I/O error: the writer counted it
-            self._last_error = f"spool write failed: {exc}"
-            self._reporter.report("write", f"record dropped: {self._last_error}")
+            self._error("write", f"spool write failed: {exc}")
+            self._reporter.report("write", f"record dropped: spool write failed: {exc}")
         else:
+            if self._error_kind is not None and self._error_kind in _APPEND_ERRORS:
+                self._ended(*_APPEND_ERRORS)  # a record spooled: that condition is over
             if self._drainer is not None:
                 self._drainer.wake()
 
@@ -280,9 +351,12 @@ class SpoolHandler(logging.Handler):
                 self._writer = SpoolWriter(self.spool_dir, self.config)
             except (OSError, SpoolConfigError, Exception) as exc:  # noqa: BLE001
                 self._next_open = time.monotonic() + _REOPEN_EVERY_S
-                self._last_error = f"cannot open spool {self.spool_dir}: {exc}"
-                self._reporter.report("open", f"{self._last_error}; records are dropped")
+                self._error("open", f"cannot open spool {self.spool_dir}: {exc}")
+                self._reporter.report(
+                    "open", f"cannot open spool {self.spool_dir}: {exc}; records are dropped"
+                )
                 return None
+            self._ended("open")
             for note in self._writer.recovery_notes:
                 self._reporter.report(f"recovery:{note}", f"recovered {self.spool_dir}: {note}")
             owed, self._owed = self._owed, 0
@@ -300,10 +374,21 @@ class SpoolHandler(logging.Handler):
 
     def _set_governance(self, governance: Governance) -> None:
         self._governance = governance
+        self._ended("governance")
 
     def _governance_error(self, exc: GovernanceConfigError) -> None:
-        self._last_error = f"governance reload rejected, old rules kept: {exc}"
-        self._reporter.report(f"governance:{exc}", self._last_error)
+        text = f"governance reload rejected, old rules kept: {exc}"
+        self._error("governance", text)
+        self._reporter.report(f"governance:{exc}", text)
+
+    def _error(self, kind: str, text: str) -> None:
+        """Record the handler's current error; ``kind`` names what ends it (``_ended``)."""
+        self._last_error, self._error_kind, self._last_error_at = text, kind, time.time()
+
+    def _ended(self, *kinds: str) -> None:
+        """The condition behind ``last_error`` is over: clear it (``last_error_at`` stays)."""
+        if self._error_kind in kinds:
+            self._last_error = self._error_kind = None
 
     def _start_watcher(self) -> None:
         assert self._governance_config_path is not None
@@ -337,13 +422,22 @@ class SpoolHandler(logging.Handler):
         self._forked = True
         self._next_open = 0.0
         self._dropped = self._owed = self._suppressed = 0
-        self._last_error = None
+        self._last_error = self._error_kind = self._last_error_at = None
         self._restart_drainer = self._restart_drainer or self._drainer is not None
         self._restart_watcher = self._restart_watcher or self._watcher is not None
         if self._drainer is not None:  # its drain lock belongs to the parent
             forget_inherited_lock(getattr(self._drainer, "_lock", None))
         self._drainer = None
         self._watcher = None
+
+
+def _lane_bytes(spool_dir: str, lane: int) -> int:
+    """Bytes of the lane's segments on disk (0 when it is gone)."""
+    total = 0
+    for _, path in list_segments(lane_dir(spool_dir, lane)):
+        with contextlib.suppress(OSError):
+            total += os.stat(path).st_size
+    return total
 
 
 def _close_at_worker_exit(handler: SpoolHandler) -> None:

@@ -343,6 +343,7 @@ def test_drain_timeout_is_honoured_within_a_second(
         conn_for(port),
         "--timeout",
         f"{timeout:g}",
+        "--json",
         timeout=timeout + 30,
     )
     assert code == 1, err
@@ -359,7 +360,7 @@ def test_authentication_refused_three_times_in_a_row_ends_one_shot_drain_with_ex
 ) -> None:
     with LocalPeer.start(auth_fail=True) as refusing:
         code, out, err, elapsed = run(
-            "drain", spool, "--connection-string", refusing.connection_string()
+            "drain", spool, "--connection-string", refusing.connection_string(), "--json"
         )
         rejected = refusing.stats()["cbs_rejected"]
     assert code == 2, err
@@ -623,3 +624,49 @@ def test_drain_with_an_unlockable_drain_lock_exits_2_without_traceback(
     assert "Traceback" not in err
     assert "drain lock" in one_line_error(err)
     assert took < 15
+
+
+# ---------------------------------------------------------------------------
+# what a person expects of a CLI
+
+
+def test_h_is_help_everywhere_and_version_and_python_m_work() -> None:
+    for args in ([], ["drain"], ["verify"], ["status"], ["tail"]):
+        code, out, err, _ = run(*args, "-h")
+        assert code == 0, err
+        assert "Usage:" in out
+    code, out, err, _ = run("--version")
+    assert code == 0, err
+    assert out.startswith("cerbispool, version ")
+    module = subprocess.run(
+        [sys.executable, "-m", "cerbistream_spool", "--help"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        check=False,
+    )
+    assert module.returncode == 0, module.stderr
+    assert "Usage: cerbispool" in module.stdout
+
+
+def test_bash_completion_script_is_what_the_readme_says() -> None:
+    completion = subprocess.run(
+        [sys.executable, "-m", "cerbistream_spool"],
+        capture_output=True,
+        text=True,
+        env={**env(), "_CERBISPOOL_COMPLETE": "bash_source"},
+        check=False,
+    )
+    assert completion.returncode == 0, completion.stderr
+    assert "_cerbispool_completion" in completion.stdout
+
+
+def test_drain_summary_is_text_on_a_pipe_unless_json(spool: str) -> None:
+    """The format follows --json only; stdout being a pipe does not make it JSON."""
+    args = ("drain", spool, "--connection-string", conn_for(free_port()), "--timeout", "1")
+    code, out, err, _ = run(*args)
+    assert code == 1, err
+    assert out.startswith("delivered 0, pending 5,"), out
+    code, out, err, _ = run(*args, "--json")
+    assert code == 1, err
+    assert summary_of(out)["pending"] == 5

@@ -428,3 +428,151 @@ def test_an_unwritable_spool_directory_does_not_stop_the_app(tmp_path: Path) -> 
     assert result["after"]["dropped"] == 400
     assert "cannot open spool" in result["stderr"]
     assert result["stderr"].count("cannot open spool") == 1
+
+
+# ---------------------------------------------------------------------------
+# stats()
+
+
+def test_stats_count_events_only_and_an_idle_lane_has_no_pending_age(spool_dir: str) -> None:
+    """Open and close records are never counted, also across restarts of the app."""
+    for _ in range(2):
+        handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
+        stats = handler.stats()
+        handler.close()
+        assert (stats["accepted"], stats["pending_records"], stats["pending_bytes"]) == (0, 0, 0)
+        assert stats["oldest_pending_age_s"] is None
+
+
+def test_oldest_pending_age_is_the_first_events_not_the_lanes_open_record(spool_dir: str) -> None:
+    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
+    try:
+        time.sleep(1.5)  # the lane's open record is 1.5 s old when the first event comes
+        make_logger(handler).info("first")
+        age = handler.stats()["oldest_pending_age_s"]
+    finally:
+        handler.close()
+    assert age is not None
+    assert age < 1.5
+
+
+def test_stats_keep_their_last_values_after_close(spool_dir: str) -> None:
+    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
+    logger = make_logger(handler)
+    for i in range(3):
+        logger.info("event %d", i)
+    before = handler.stats()
+    handler.close()
+    after = handler.stats()
+    assert after["accepted"] == after["pending_records"] == 3
+    assert after["durable"] == 3
+    assert after["lane"] == before["lane"] == 0
+    assert after["pending_bytes"] > 0
+    assert after["oldest_pending_age_s"] is not None
+    assert after["governance_sha256"] == before["governance_sha256"]
+
+    logger.info("after close")  # dropped and counted, the rest stays
+    late = handler.stats()
+    assert (late["accepted"], late["dropped"], late["pending_records"]) == (4, 1, 3)
+    assert (
+        late["accepted"]
+        == late["delivered"] + late["pending_records"] + late["dropped"] + late["lost"]
+    )
+
+
+def test_last_error_clears_when_the_condition_ends_and_last_error_at_stays(
+    spool_dir: str, rules: Path
+) -> None:
+    stream = io.StringIO()
+    handler = SpoolHandler(
+        spool_dir,
+        tenant_id="t",
+        app_name="a",
+        governance_config_path=str(rules),
+        drain=False,
+        reporter=Reporter(stream=stream),
+    )
+    try:
+        assert handler.stats()["last_error"] is None
+        assert handler.stats()["last_error_at"] is None
+        rules.write_text("{not json")  # a bad reload: the old rules stay
+        assert wait_for(lambda: handler.stats()["last_error"] is not None)
+        failed = handler.stats()
+        assert "governance reload rejected" in str(failed["last_error"])
+        assert failed["last_error_at"] is not None
+
+        write_rules(rules, severity="Error")  # fixed: the condition is over
+        assert wait_for(lambda: handler.stats()["last_error"] is None)
+        assert handler.stats()["last_error_at"] == failed["last_error_at"]
+    finally:
+        handler.close()
+
+
+def test_a_write_error_clears_once_a_record_is_spooled_again(spool_dir: str) -> None:
+    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
+    logger = make_logger(handler)
+    writer = handler.writer
+    assert writer is not None
+    real_write = os.write
+    failing = {"on": True}
+
+    def write(fd: int, data: Any) -> int:
+        if failing["on"] and fd == writer._fd:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    try:
+        os.write = write  # type: ignore[assignment]
+        logger.info("lost to a full disk")
+        assert "No space left" in str(handler.stats()["last_error"])
+        failing["on"] = False
+        logger.info("spooled")
+    finally:
+        os.write = real_write
+    stats = handler.stats()
+    handler.close()
+    assert stats["last_error"] is None
+    assert stats["last_error_at"] is not None
+    assert (stats["dropped"], stats["pending_records"]) == (1, 1)
+
+
+def test_stats_is_a_typed_dict_with_exactly_its_keys(spool_dir: str) -> None:
+    from cerbistream_spool import SpoolStats  # noqa: PLC0415
+
+    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
+    live = handler.stats()
+    handler.close()
+    assert set(live) == set(SpoolStats.__annotations__)
+    assert set(handler.stats()) == set(SpoolStats.__annotations__)
+
+
+@pytest.mark.slow
+def test_mypy_sees_the_keys_of_stats(tmp_path: Path) -> None:
+    """A user's mypy strict run catches a mistyped key."""
+    user = tmp_path / "user_app.py"
+    user.write_text(
+        textwrap.dedent(
+            """
+            from cerbistream_spool import SpoolHandler
+
+            def pending(handler: SpoolHandler) -> int:
+                return handler.stats()["pending_records"]
+
+            def typo(handler: SpoolHandler) -> int:
+                return handler.stats()["pending_record"]
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(user)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, "MYPYPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert done.returncode == 1, done.stdout
+    errors = [ln for ln in done.stdout.splitlines() if "user_app.py:" in ln and "error:" in ln]
+    assert errors, done.stdout
+    assert all("user_app.py:8:" in ln for ln in errors), done.stdout  # line 5 is an int, not Any
+    assert any('has no key "pending_record"' in ln for ln in errors), done.stdout

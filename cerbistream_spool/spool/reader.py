@@ -475,9 +475,19 @@ def pending_events(spool_dir: str, lane: int) -> Tuple[int, int, Optional[int]]:
 
 
 def oldest_pending_ns(spool_dir: str, lane: int) -> Optional[int]:
-    """Append time of the lane's oldest unacknowledged record, or None when none is pending."""
-    batch = SpoolReader(spool_dir, remove_idle_lanes=False)._read_lane(lane, 1, 1 << 30)
-    return batch.records[0].ts_ns if batch else None
+    """Append time of the lane's oldest unacknowledged event, or None when none is pending.
+
+    Open, close and gap records are skipped: an app that opened its lane an hour
+    ago and logged one event now has an oldest pending age of ~0 s.
+    """
+    reader = SpoolReader(spool_dir, remove_idle_lanes=False)
+    while True:
+        batch = reader._read_lane(lane, 16, 1 << 20)
+        if batch is None or not batch.records:
+            return None
+        events = batch.events()
+        if events:
+            return events[0].ts_ns
 
 
 def _replaced(tail: Optional[Tuple[str, int]]) -> bool:

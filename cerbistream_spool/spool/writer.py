@@ -358,6 +358,8 @@ class SpoolWriter:
             self._last_error = f"write failed: {exc}"
             self._cut_back()
             raise
+        if self._last_error is not None:
+            self._clear_error("write failed")
         self._next_seq = seq + 1
         self._last_hash = digest
         self._seg_size += len(frame)
@@ -673,6 +675,8 @@ class SpoolWriter:
                         self._check_lane(_time_ns())
             except OSError as exc:
                 self._last_error = f"fsync failed: {exc}"
+            else:
+                self._clear_error("fsync failed")
 
     def _await_durable(self, seq: int) -> None:
         """``fsync="always"``: have the committer fsync, return once ``seq`` is on disk.
@@ -694,6 +698,12 @@ class SpoolWriter:
             else:
                 return
         self._sync(seq)  # the committer is gone (it never should be): sync here instead
+
+    def _clear_error(self, prefix: str) -> None:
+        """Forget ``last_error`` once the condition it names has ended."""
+        error = self._last_error
+        if error is not None and error.startswith(prefix):
+            self._last_error = None
 
     def _committer_alive(self) -> bool:
         return self._flusher is not None and self._flusher.is_alive()
@@ -718,6 +728,8 @@ class SpoolWriter:
                 self._sync()
             except OSError as exc:  # _sync told the waiters; the next record retries
                 self._last_error = f"fsync failed: {exc}"
+            else:
+                self._clear_error("fsync failed")
 
     def _stop_flusher(self) -> None:
         self._stop.set()

@@ -11,6 +11,12 @@ thread. SDK errors are mapped to :class:`TransientTransportError` (retry) or
 :class:`PermanentTransportError` (auth, missing entity, bad connection string:
 retrying without a fix cannot help; a one-shot drain stops, a long-running
 drainer keeps the records and keeps trying, slowly).
+
+Entra ID: ``fully_qualified_namespace`` (``<name>.servicebus.windows.net``) with a
+``credential`` (anything with ``get_token``; None: ``DefaultAzureCredential`` from
+the ``identity`` extra, made once), as in ``ServiceBusClient(namespace, credential)``.
+A namespace written ``amqp://host:port`` is spoken to in plain AMQP on that port
+(a local peer, as ``UseDevelopmentEmulator=true`` does for a connection string).
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ class ServiceBusTransport:
     ) -> None:
         if not connection_string and not fully_qualified_namespace:
             raise PermanentTransportError("a connection string or a namespace is required")
+        if connection_string and fully_qualified_namespace:
+            raise PermanentTransportError(
+                "pass a connection string or a namespace (Entra ID), not both"
+            )
         self.queue_name = queue_name
         self.send_timeout_s = send_timeout_s
         self.max_batch_bytes: Optional[int] = None
@@ -151,9 +161,12 @@ class ServiceBusTransport:
             if self._connection_string:
                 client = ServiceBusClient.from_connection_string(self._connection_string, **options)
             else:
-                client = ServiceBusClient(
-                    str(self._namespace), self._credential or _default_credential(), **options
-                )
+                namespace = str(self._namespace).strip()
+                if namespace.lower().startswith("amqp://"):
+                    options["use_tls"] = False  # a local peer: plain AMQP, the port kept
+                if self._credential is None:  # once: its token cache outlives reconnects
+                    self._credential = _default_credential()
+                client = ServiceBusClient(namespace, self._credential, **options)
             try:
                 sender = client.get_queue_sender(self.queue_name)
             except BaseException:
