@@ -12,7 +12,11 @@ A block that cannot run here says why, visibly, in the line before it::
 
     <!-- not-run: needs an Azure Service Bus namespace -->
 
-Each of those is reported as a skipped test with its reason; there are few.
+Each of those is reported as a skipped test with its reason; there are few. A block
+that needs a newer interpreter than the oldest supported says so the same way, and runs
+where it can::
+
+    <!-- python>=3.12 -->
 Untagged blocks (``` alone: layouts, formats, output) are not code and are not run.
 """
 
@@ -24,7 +28,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
 
@@ -36,17 +40,20 @@ BLOCK_TIMEOUT_S = 120
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<lang>[^\s`]*)[^`]*$")
 _NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(?P<reason>.*?)\s*-->$")
+_MIN_PYTHON = re.compile(r"^<!--\s*python>=(?P<major>\d+)\.(?P<minor>\d+)\s*-->$")
 
 
 class Block(NamedTuple):
     """One fenced block: where it starts (1-based line of the fence), its language tag,
-    its code, and the not-run reason given in the line before it (None: it runs)."""
+    its code, the not-run reason given in the line before it (None: it runs), and the
+    oldest interpreter it runs on, given the same way."""
 
     path: str
     line: int
     lang: str
     code: str
     not_run: Optional[str]
+    min_python: Tuple[int, int] = (3, 9)
 
 
 def extract_blocks(text: str, path: str = "<doc>") -> List[Block]:
@@ -71,6 +78,7 @@ def extract_blocks(text: str, path: str = "<doc>") -> List[Block]:
         i += 1  # the closing fence (or the end of the text)
         prev = next((ln.strip() for ln in reversed(lines[:start]) if ln.strip()), "")
         marker = _NOT_RUN.match(prev)
+        needs = _MIN_PYTHON.match(prev)
         blocks.append(
             Block(
                 path,
@@ -78,6 +86,7 @@ def extract_blocks(text: str, path: str = "<doc>") -> List[Block]:
                 lang,
                 "\n".join(body) + "\n",
                 marker.group("reason") if marker else None,
+                (int(needs.group("major")), int(needs.group("minor"))) if needs else (3, 9),
             )
         )
     return blocks
@@ -139,7 +148,8 @@ def run_doc(path: Path, cwd: Path) -> List[str]:
     """Run every runnable block of ``path`` in order in ``cwd``; the failures."""
     failures = []
     for block in _doc_blocks(path):
-        if block.lang in RUN_LANGS and block.not_run is None:
+        runs_here = sys.version_info[:2] >= block.min_python
+        if block.lang in RUN_LANGS and block.not_run is None and runs_here:
             failure = run_block(block, cwd)
             if failure:
                 failures.append(failure)
@@ -186,7 +196,7 @@ def test_not_run_blocks_are_few_and_every_marker_sits_on_a_block() -> None:
     for doc in DOCS:
         lines = doc.read_text("utf-8").splitlines()
         for n, line in enumerate(lines):
-            if _NOT_RUN.match(line.strip()):
+            if _NOT_RUN.match(line.strip()) or _MIN_PYTHON.match(line.strip()):
                 after = next((ln for ln in lines[n + 1 :] if ln.strip()), "")
                 assert _FENCE.match(after), f"{doc.name}:{n + 1}: a not-run marker not on a block"
     print(f"{len(RUNNABLE) - len(NOT_RUN)} blocks run, {len(NOT_RUN)} marked not-run:")
@@ -232,3 +242,6 @@ def test_extractor_finds_tagged_blocks_markers_and_long_fences() -> None:
     ]
     assert blocks[0].code == "print(1)\n"
     assert blocks[2].code == "```python\nnot a block\n```\n"
+    assert [b.min_python for b in extract_blocks("<!-- python>=3.12 -->\n```python\nx\n```\n")] == [
+        (3, 12)
+    ]
