@@ -1064,17 +1064,26 @@ def test_extras_with_non_string_keys_keep_the_record_and_every_value(spool_dir: 
 
 
 def test_colliding_keys_keep_the_string_key_and_suffix_the_others() -> None:
-    extra = {1: "int", "1": "str", "1~2": "taken", b"1": "bytes", 2: "two"}
+    """A bytes key is its UTF-8 text (``b"1"`` is ``"1"``), so it collides like an int."""
+    extra = {1: "int", "1": "str", "1~2": "taken", b"1": "bytes", 2: "two", b"\xff": "bad"}
     payload = build(make_record(extra=extra))["RawPayload"]
-    assert {k: payload[k] for k in ("1", "1~2", "1~3", "b'1'", "2")} == {
+    assert {k: payload[k] for k in ("1", "1~2", "1~3", "1~4", "2", "\\xff")} == {
         "1": "str",
         "1~2": "taken",
         "1~3": "int",
-        "b'1'": "bytes",
+        "1~4": "bytes",
         "2": "two",
+        "\\xff": "bad",
     }
     nested = build(make_record(extra={"d": extra}))["RawPayload"]["d"]
-    assert nested == {"1~3": "int", "1": "str", "1~2": "taken", "b'1'": "bytes", "2": "two"}
+    assert nested == {
+        "1~3": "int",
+        "1": "str",
+        "1~2": "taken",
+        "1~4": "bytes",
+        "2": "two",
+        "\\xff": "bad",
+    }
     encoder = EventEncoder(tenant_id="my-tenant", app_name="my-python-app")
     body = msgpack.unpackb(encoder.encode(make_record(extra={"d": extra})), raw=False)
     assert body["RawPayload"]["d"] == nested

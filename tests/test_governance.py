@@ -94,6 +94,7 @@ def test_contract_section3_example_loads_as_written() -> None:
             "Warning",
             "PII field detected",
             "Redact",
+            (),
         ),
         (
             "SEC-001",
@@ -102,6 +103,7 @@ def test_contract_section3_example_loads_as_written() -> None:
             "Critical",
             "Security field detected",
             "Block",
+            (),
         ),
     ]
 
@@ -156,11 +158,12 @@ def test_deeply_nested_path_matches(tmp_path: Path) -> None:
     assert not gov.check({"a": {"B": {"c": {"e": None}}}})
 
 
-def test_path_does_not_descend_into_non_mappings(tmp_path: Path) -> None:
+def test_path_does_not_descend_into_scalars_or_match_elsewhere(tmp_path: Path) -> None:
     gov = gov_of(tmp_path, [rule(fields=["user.email"])])
     assert gov.check({"user": "email"}) == ()
-    assert gov.check({"user": [{"email": "x"}]}) == ()
+    assert gov.check({"user": ["email", 1, None]}) == ()
     assert gov.check({"email": "x"}) == ()
+    assert gov.check({"other": {"user": {"email": "x"}}}) == ()
 
 
 def test_one_violation_per_matched_field_in_rule_then_field_order(tmp_path: Path) -> None:
