@@ -436,7 +436,7 @@ def _content(
         "function": function,
     }
     extras = {} if layout.renames else payload
-    flat = True  # no mapping among the values: governance depends on the key set only
+    flat = True  # no dict or list among the values: governance depends on the key set only
     for key, wire_key in layout.pairs:
         value = source[key]
         cls = value.__class__
@@ -444,7 +444,7 @@ def _content(
             extras[wire_key] = value
         else:
             extras[wire_key] = value = to_wire(value)
-            if value.__class__ is dict:
+            if value.__class__ is dict or value.__class__ is list:
                 flat = False
 
     overrides: Optional[Mapping[str, Any]] = None
