@@ -47,7 +47,7 @@ import os
 import threading
 import traceback
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import msgpack
 
@@ -412,7 +412,7 @@ def _content(
 
     source: Mapping[Any, Any] = attrs
     merged: Optional[Fields] = None
-    arg_wires: List[Tuple[Any, str]] = []
+    arg_wires: Sequence[Tuple[Any, str]] = ()
     if (
         layout.bound or record.msg.__class__ is not str or record.args.__class__ is not tuple
     ) and structured(record, layout.bound):  # a front-end's fields: the slow path
@@ -464,7 +464,7 @@ def _content(
             correlation_id = _as_text(correlation_id)
 
     # the mapping arguments before governance, to render the message from what it left
-    before = [(key, wire, extras[wire]) for key, wire in arg_wires] if arg_wires else []
+    before = [(key, wire, extras[wire]) for key, wire in arg_wires] if arg_wires else None
     violations: Tuple[Violation, ...] = _NO_VIOLATIONS
     plan: Optional[FlatPlan] = None
     blocked = False
@@ -581,12 +581,12 @@ def _merged_layout(
 def _render(
     record: logging.LogRecord,
     merged: Fields,
-    before: List[Tuple[Any, str, Any]],
+    before: Optional[List[Tuple[Any, str, Any]]],
     extras: Mapping[str, Any],
 ) -> str:
     """``msg % args`` with mapping arguments as governance left them (Redact applied)."""
     args = dict(merged.args or {})
-    for key, wire, value in before:
+    for key, wire, value in before or ():
         governed = extras[wire]
         if governed is not value:
             args[key] = governed

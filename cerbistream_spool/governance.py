@@ -184,6 +184,9 @@ class Governance:
     _plans: Dict[Tuple[str, ...], FlatPlan] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    _flat_patterns: Tuple[Tuple[int, bool, Pattern[str]], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
     # pattern violations by (rule index, field path); bounded like _plans
     _text_hits: Dict[Tuple[int, str], Violation] = field(
         init=False, repr=False, compare=False, default_factory=dict
@@ -210,6 +213,15 @@ class Governance:
                 _TextRule(rule, tuple(_compile(p) for p in rule.patterns))
                 for rule in self.rules
                 if rule.patterns
+            ),
+        )
+        object.__setattr__(
+            self,
+            "_flat_patterns",
+            tuple(
+                (index, text_rule.rule.action == ACTION_REDACT, pattern)
+                for index, text_rule in enumerate(self.patterns)
+                for pattern in text_rule.patterns
             ),
         )
 
@@ -251,12 +263,13 @@ class Governance:
         cut there and ends with a marker (the rest is neither scanned nor kept). Strings
         that are exactly :data:`REDACTED` are skipped. Never mutates its input.
         """
-        found: Dict[Tuple[int, str], None] = {}
-        state = _Scan(self.patterns, found)
+        state = _Scan(self._flat_patterns)
         if message is not None:
-            message = state.text(message, "message")
+            message = state.text(message, "", "message")
         out = state.mapping(values, "", 0)
-        violations = tuple(self._text_violation(i, path) for i, path in sorted(found))
+        if state.found is None:
+            return TextScan(_NO_VIOLATIONS, message, values if out is None else out, False)
+        violations = tuple(self._text_violation(i, path) for i, path in sorted(state.found))
         return TextScan(
             violations,
             message,
@@ -466,42 +479,49 @@ def _redact_list(items: Any, trie: Dict[str, _Node], depth: int) -> Optional[Lis
 
 
 class _Scan:
-    """One :meth:`Governance.scan_text` call: the texts seen, the matches found."""
+    """One :meth:`Governance.scan_text` call: the matches found, as (rule index, path)."""
 
-    __slots__ = ("found", "rules")
+    __slots__ = ("found", "patterns")
 
-    def __init__(self, rules: Tuple[_TextRule, ...], found: Dict[Tuple[int, str], None]) -> None:
-        self.rules = rules
-        self.found = found
+    def __init__(self, patterns: Tuple[Tuple[int, bool, Pattern[str]], ...]) -> None:
+        self.patterns = patterns  # (rule index, redact?, compiled), in rule order
+        self.found: Optional[Dict[Tuple[int, str], None]] = None
 
-    def text(self, text: str, path: str) -> str:
+    def text(self, text: str, parent: str, name: str) -> str:
         if text == REDACTED:
             return text
         if len(text) > MAX_SCAN_CHARS:
             text = text[:MAX_SCAN_CHARS] + _cut_marker(len(text) - MAX_SCAN_CHARS)
-        for index, (rule, patterns) in enumerate(self.rules):
-            for pattern in patterns:
-                if pattern.search(text) is None:
-                    continue
-                self.found[(index, path)] = None
-                if rule.action == ACTION_REDACT:
-                    text = pattern.sub(REDACTED, text)
+        for index, redact, pattern in self.patterns:
+            if pattern.search(text) is None:
+                continue
+            if self.found is None:
+                self.found = {}
+            self.found[(index, f"{parent}.{name}" if parent else name)] = None
+            if redact:
+                text = pattern.sub(REDACTED, text)
         return text
 
-    def value(self, value: Any, path: str, depth: int) -> Any:
+    def value(self, value: Any, parent: str, name: str, depth: int) -> Any:
         """``value`` with its strings scanned; the same object when nothing changed."""
-        if value.__class__ is str or isinstance(value, str):
-            new = self.text(value, path)
+        cls = value.__class__
+        if cls is str:
+            new = self.text(value, parent, name)
+            return value if new == value else new
+        if cls is int or cls is float or cls is bool or value is None:
+            return value
+        if isinstance(value, str):
+            new = self.text(str.__str__(value), parent, name)
             return value if new == value else new
         if depth >= _MAX_WALK_DEPTH:
             return value
-        if value.__class__ is dict or isinstance(value, Mapping):
-            out = self.mapping(value, path, depth + 1)
+        if cls is dict or isinstance(value, Mapping):
+            out = self.mapping(value, f"{parent}.{name}" if parent else name, depth + 1)
             return value if out is None else out
         if _is_list(value):
             changed: Optional[List[Any]] = None
             for i, item in enumerate(value):
-                new_item = self.value(item, path, depth + 1)
+                new_item = self.value(item, parent, name, depth + 1)
                 if new_item is not item:
                     if changed is None:
                         changed = list(value)
@@ -515,7 +535,7 @@ class _Scan:
         out: Optional[Dict[Any, Any]] = None
         for key, value in mapping.items():
             name = key if key.__class__ is str else _key_text(key) or str(key)
-            new = self.value(value, f"{path}.{name}" if path else name, depth)
+            new = self.value(value, path, name, depth)
             if new is not value:
                 if out is None:
                     out = dict(mapping)
