@@ -26,9 +26,15 @@ that UTF-8 cannot encode (lone surrogates) are backslash-escaped, containers
 nested deeper than :data:`MAX_DEPTH` are stringified, and a ``__str__`` that
 raises gives ``<unprintable TypeName>``: building an event does not fail on data.
 
+Extras here are the record's fields (cerbistream_spool/fields.py): a mapping message
+(structlog's ``wrap_for_formatter``), mapping arguments and loguru's ``extra`` attribute
+are merged into them before governance; the message is then that mapping's ``event``
+or ``message`` value, or ``msg % args`` with the arguments as governance left them.
+
 Keys (of the extras and of every nested mapping) become ``str``: a ``str`` key that
-UTF-8 can encode stays as it is, any other key becomes its wire text (``1`` → ``"1"``,
-a lone surrogate backslash-escaped). When two keys of one mapping give the same text,
+UTF-8 can encode stays as it is, a bytes key is its UTF-8 text (undecodable bytes
+backslash-escaped), any other key its ``str`` (``1`` → ``"1"``, a lone surrogate
+backslash-escaped). When two keys of one mapping give the same text,
 the key that was that text already keeps it, and each other one, in the mapping's
 order, gets the first free ``~2``, ``~3``, … suffix: ``{1: "a", "1": "b"}`` becomes
 ``{"1~2": "a", "1": "b"}``; nothing is dropped.

@@ -1,22 +1,29 @@
 """cerbi_governance.json → immutable rules; ``check`` and ``apply_actions`` are pure.
 
-File format (CONTRACT §3)::
+File format (CONTRACT §3, docs/GOVERNANCE.md)::
 
     {"profiles": {"<name>": {"rules": [
-        {"ruleId": str, "code": str, "fields": [dotted path, ...],
-         "severity": str, "message": str (optional), "action": "Redact" | "Block" (optional)}
+        {"ruleId": str, "code": str, "fields": [dotted path, ...] (optional with patterns),
+         "patterns": [regular expression, ...] (optional), "severity": str,
+         "message": str (optional), "action": "Redact" | "Block" (optional)}
     ]}}}
 
 Validation is strict where a mistake would silently weaken governance: every
 profile in the file is validated (not only the one asked for), unknown keys in a
 rule are errors (``"acton": "Redact"`` must not turn into flag-only), and so are
-duplicate JSON keys, duplicate ruleIds in a profile and a field listed twice in a
-rule. Top-level and profile objects may carry extra keys (``$schema``, notes).
+duplicate JSON keys, duplicate ruleIds in a profile, a field or pattern listed twice
+in a rule, a pattern that does not compile, matches the empty string, or nests
+unbounded repeats (:func:`_risky`). Top-level and profile objects may carry extra
+keys (``$schema``, notes).
 
-Matching: each field is a dotted path into the extras; every segment matches a
-``str`` key case-insensitively (``str.lower``); paths descend through mappings
-only, never into lists. A field matched by several case variants of a key
-(``Email`` and ``email``) yields one violation, and Redact replaces every variant.
+Matching (docs/GOVERNANCE.md): each field is a dotted path into the record's fields
+(cerbistream_spool/fields.py); every segment matches a key case-insensitively
+(``str.lower``; a bytes key by its UTF-8 text; ``k~2``, the event builder's name for a
+second ``k``, as ``k``). A literal dotted key is the path it spells (``"user.email"``
+is user → email), and the dicts inside a list are searched as the value itself. A rule
+naming a path matches every key at or below it. One violation per rule field, however
+many places it matched; Redact replaces every one of them. Patterns search the message
+and every string value (:meth:`Governance.scan_text`).
 
 Hot reload: :func:`load_governance` returns a new :class:`Governance`; swapping
 rules is one attribute assignment, and a record sees either the old or the new set.
