@@ -31,7 +31,7 @@ def main() -> None:
     sink = logger.add(handler, format="{message}", level="INFO")
     log = logger.bind(user_id=42)
     log.info("user logged in", email="bob@example.com")  # email: Redact
-    log.bind(password="hunter2").warning("password reset")  # password: Block
+    log.bind(password="hunter2").warning("password reset")  # noqa: S106 - Block keeps it off disk
     logger.remove(sink)  # loguru closes the handler: flushed, close marker written
     stats = handler.stats()
     print(f"loguru example: {stats['accepted']} events spooled to ./spool-example")

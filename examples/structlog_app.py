@@ -46,7 +46,7 @@ def main() -> None:
     )
     log = structlog.get_logger("structlog_app")
     log.info("user logged in", user_id=42, email="bob@example.com")  # email: Redact
-    log.warning("password reset", user_id=42, password="hunter2")  # password: Block
+    log.warning("password reset", user_id=42, password="hunter2")  # noqa: S106 - blocked
     handler.close()
     root.removeHandler(handler)
     stats = handler.stats()
