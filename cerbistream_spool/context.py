@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from contextvars import ContextVar, Token
-from typing import Dict, NamedTuple, Optional
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 __all__ = [
     "CAPTURED_ATTR",
@@ -68,8 +68,12 @@ class Captured(NamedTuple):
     """What :class:`CaptureContext` took from a record on the app's thread (picklable)."""
 
     correlation_id: Optional[str]
-    message: Optional[str]  # ``record.getMessage()``; None when it raised
+    message: Optional[str]  # ``record.getMessage()``; None when it raised or for ``fields``
     exception: Optional[Dict[str, str]]  # RawPayload.exception: type, message, traceback
+    #: ``(msg, args)`` in wire form when either is a mapping (a structlog event dict, a
+    #: dict message, mapping args: docs/GOVERNANCE.md): governance needs the fields, and
+    #: ``QueueHandler.prepare`` replaces them with their text, secrets included
+    fields: Optional[Tuple[Any, Any]] = None
 
 
 class CaptureContext(logging.Filter):
@@ -97,11 +101,15 @@ class CaptureContext(logging.Filter):
 
 def capture(record: logging.LogRecord) -> Captured:
     """What :class:`CaptureContext` stores on ``record``."""
-    from cerbistream_spool.event import _exception  # noqa: PLC0415 — event imports this module
+    from cerbistream_spool.event import _exception, to_wire  # noqa: PLC0415 — event imports us
 
+    exception = _exception(record.exc_info) if record.exc_info else None
+    msg, args = record.msg, record.args
+    if isinstance(msg, Mapping) or isinstance(args, Mapping):
+        fields = (to_wire(msg), to_wire(args) if isinstance(args, Mapping) else ())
+        return Captured(_correlation_id.get(), None, exception, fields)
     try:
         message: Optional[str] = record.getMessage()
     except Exception:  # noqa: BLE001 — the SpoolHandler marks the unformattable message itself
         message = None
-    exception = _exception(record.exc_info) if record.exc_info else None
     return Captured(_correlation_id.get(), message, exception)

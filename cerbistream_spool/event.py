@@ -26,9 +26,15 @@ that UTF-8 cannot encode (lone surrogates) are backslash-escaped, containers
 nested deeper than :data:`MAX_DEPTH` are stringified, and a ``__str__`` that
 raises gives ``<unprintable TypeName>``: building an event does not fail on data.
 
+Extras here are the record's fields (cerbistream_spool/fields.py): a mapping message
+(structlog's ``wrap_for_formatter``), mapping arguments and loguru's ``extra`` attribute
+are merged into them before governance; the message is then that mapping's ``event``
+or ``message`` value, or ``msg % args`` with the arguments as governance left them.
+
 Keys (of the extras and of every nested mapping) become ``str``: a ``str`` key that
-UTF-8 can encode stays as it is, any other key becomes its wire text (``1`` → ``"1"``,
-a lone surrogate backslash-escaped). When two keys of one mapping give the same text,
+UTF-8 can encode stays as it is, a bytes key is its UTF-8 text (undecodable bytes
+backslash-escaped), any other key its ``str`` (``1`` → ``"1"``, a lone surrogate
+backslash-escaped). When two keys of one mapping give the same text,
 the key that was that text already keeps it, and each other one, in the mapping's
 order, gets the first free ``~2``, ``~3``, … suffix: ``{1: "a", "1": "b"}`` becomes
 ``{"1~2": "a", "1": "b"}``; nothing is dropped.
@@ -40,6 +46,7 @@ with one of those names (or ``exception``/``blocked``) is stored as ``extra_<nam
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -47,12 +54,13 @@ import os
 import threading
 import traceback
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import msgpack
 
 from cerbistream_spool.context import CAPTURED_ATTR, Captured, get_correlation_id
 from cerbistream_spool.errors import SpoolConfigError
+from cerbistream_spool.fields import BOUND_KEY, Fields, collect, structured
 from cerbistream_spool.governance import (
     REDACTED,
     FlatPlan,
@@ -113,6 +121,7 @@ _ENVELOPE_CONTROLS = frozenset(("tenant_id", "app_name", "environment"))
 _LEVEL_NAMES = ("Debug", "Information", "Warning", "Error", "Critical")
 _MAX_LAYOUTS = 256  # per encoder and governance: name sequences whose _Layout is kept
 _PACKED_VIOLATIONS = "msgpack:Violations"  # FlatPlan.memo key of the packed Violations list
+_UNSCANNED = frozenset(("logger", "level", "message", "module", "function"))
 _PAYLOAD_KEYS = frozenset(
     ("logger", "level", "message", "module", "function", "exception", "blocked")
 )
@@ -353,7 +362,7 @@ class _Layout:
     ``plan``: the flat plan for ``keys``, once asked for.
     """
 
-    __slots__ = ("controls", "keys", "pairs", "plan", "renames")
+    __slots__ = ("bound", "controls", "keys", "pairs", "plan", "renames")
 
     def __init__(self, names: Tuple[str, ...]) -> None:
         if names[:_NBASE] == _BASE_NAMES:  # makeRecord's order: the extras come after these
@@ -375,6 +384,19 @@ class _Layout:
         self.keys = tuple(dict.fromkeys(wire for _, wire in pairs))
         self.renames = not _PAYLOAD_KEYS.isdisjoint(self.keys)
         self.plan: Optional[FlatPlan] = None  # of the governance the memo holding this is for
+        self.bound = BOUND_KEY in self.keys  # loguru's bound fields, maybe (fields.py)
+
+    @classmethod
+    def of_fields(cls, wires: List[str], controls: List[str]) -> _Layout:
+        """The layout of merged front-end fields whose wire keys are ``wires`` (unique)."""
+        layout = cls.__new__(cls)
+        layout.pairs = tuple((wire, wire) for wire in wires)
+        layout.controls = tuple(controls)
+        layout.keys = tuple(wires)
+        layout.renames = not _PAYLOAD_KEYS.isdisjoint(layout.keys)
+        layout.plan = None
+        layout.bound = False
+        return layout
 
 
 def _content(
@@ -387,6 +409,13 @@ def _content(
     ``layouts`` memoises :class:`_Layout` by attribute-name sequence (bounded); one memo
     per ``governance``, as a layout keeps that governance's flat plan for its keys.
     """
+    captured = record.__dict__.get(CAPTURED_ATTR)  # CaptureContext (QueueHandler)
+    if captured is not None:
+        if captured.__class__ is not Captured:
+            captured = None
+        elif captured.fields is not None:  # the fields prepare() turned into text
+            record = copy.copy(record)
+            record.msg, record.args = captured.fields
     attrs = record.__dict__
     names = tuple(attrs)
     layout = None if layouts is None else layouts.get(names)
@@ -394,6 +423,15 @@ def _content(
         layout = _Layout(names)
         if layouts is not None and len(layouts) < _MAX_LAYOUTS:
             layouts[names] = layout
+
+    source: Mapping[Any, Any] = attrs
+    merged: Optional[Fields] = None
+    arg_wires: Sequence[Tuple[Any, str]] = ()
+    if (
+        layout.bound or record.msg.__class__ is not str or record.args.__class__ is not tuple
+    ) and structured(record, layout.bound):  # a front-end's fields: the slow path
+        merged = collect(record, [(key, attrs[key]) for key in _extra_names(layout)])
+        layout, source, arg_wires = _merged_layout(merged)
 
     logger, level, module = record.name, record.levelname, record.module
     function = record.funcName
@@ -412,36 +450,35 @@ def _content(
         "function": function,
     }
     extras = {} if layout.renames else payload
-    flat = True  # no mapping among the values: governance depends on the key set only
+    flat = True  # no dict or list among the values: governance depends on the key set only
     for key, wire_key in layout.pairs:
-        value = attrs[key]
+        value = source[key]
         cls = value.__class__
         if (cls is str and value.isascii()) or (cls is int and _INT_MIN <= value <= _INT_MAX):
             extras[wire_key] = value
         else:
             extras[wire_key] = value = to_wire(value)
-            if value.__class__ is dict:
+            if value.__class__ is dict or value.__class__ is list:
                 flat = False
 
     overrides: Optional[Mapping[str, Any]] = None
     correlation_id: Optional[str] = None
     relaxed = False
     if layout.controls:
-        controls = {key: attrs[key] for key in layout.controls}
+        controls = {key: source[key] for key in layout.controls}
         if not _ENVELOPE_CONTROLS.isdisjoint(controls):
             overrides = controls
         value = controls.get("correlation_id")
         if value is not None:
             correlation_id = _as_text(value)
         relaxed = _truthy(controls.get("governance_relaxed"))
-    captured = attrs.get(CAPTURED_ATTR)  # CaptureContext, on the app's thread (QueueHandler)
-    if captured is not None and captured.__class__ is not Captured:
-        captured = None
     if correlation_id is None:
         correlation_id = get_correlation_id() if captured is None else captured.correlation_id
         if correlation_id is not None:
             correlation_id = _as_text(correlation_id)
 
+    # the mapping arguments before governance, to render the message from what it left
+    before = [(key, wire, extras[wire]) for key, wire in arg_wires] if arg_wires else None
     violations: Tuple[Violation, ...] = _NO_VIOLATIONS
     plan: Optional[FlatPlan] = None
     blocked = False
@@ -463,16 +500,18 @@ def _content(
                 redacted, blocked = apply_actions(found, violations)
                 extras.update(redacted)  # same keys, Redact values
 
-    if blocked:
-        payload = {"logger": logger, "level": level, "blocked": True}
-    else:
+    if not blocked:
         if captured is not None and captured.message is not None:
             message = captured.message  # QueueHandler.prepare put its formatted text in msg
-        else:
+        elif merged is None:
             try:
                 message = record.getMessage()
-            except Exception as exc:  # noqa: BLE001 - a bad format string must not lose the event
+            except Exception as exc:  # noqa: BLE001 - a bad format string must not lose it
                 message = _unformattable(record, exc)
+        elif merged.message is not None:
+            message = merged.message
+        else:
+            message = _render(record, merged, before, extras)
         if message.__class__ is not str or not message.isascii():
             message = _as_text(message)
         payload["message"] = message
@@ -483,12 +522,25 @@ def _content(
                     while key in payload or key in extras:
                         key = "extra_" + key  # noqa: PLW2901
                 payload[key] = value
-        if record.exc_info:
-            exception = _exception(record.exc_info)
+        exc_info = record.exc_info or (merged.exc_info if merged is not None else None)
+        if exc_info:
+            exception = _exception(exc_info)
             if exception is not None:
                 payload["exception"] = exception
         elif captured is not None and captured.exception is not None:
             payload["exception"] = dict(captured.exception)  # prepare() cleared exc_info
+        if governance is not None and governance.patterns:
+            scan = governance.scan_text(
+                payload["message"], {k: v for k, v in payload.items() if k not in _UNSCANNED}
+            )
+            if scan.violations:
+                violations += scan.violations
+                plan = None  # its packed Violations no longer fit
+                blocked = scan.blocked
+                payload["message"] = scan.message
+                payload.update(scan.values)
+    if blocked:
+        payload = {"logger": logger, "level": level, "blocked": True}
     return (
         overrides,
         correlation_id,
@@ -499,6 +551,70 @@ def _content(
         new_log_id(),
         format_timestamp(record.created),
     )
+
+
+def _extra_names(layout: _Layout) -> List[Any]:
+    """The record attributes that are extras or controls, the extras first."""
+    return [key for key, _ in layout.pairs] + list(layout.controls)
+
+
+def _merged_layout(
+    merged: Fields,
+) -> Tuple[_Layout, Dict[str, Any], List[Tuple[Any, str]]]:
+    """A one-off layout for the merged fields, the values by wire key (controls too), and
+    (key, wire key) of each mapping argument.
+
+    Controls may come from any source (a later one overrides); a field whose wire text is
+    a control name or an earlier field's gets the first free ``~2``, ``~3``, ... suffix.
+    """
+    keys: List[Any] = []
+    values: List[Any] = []
+    controls: Dict[str, Any] = {}
+    start, end = merged.args_at
+    args: List[int] = []  # positions in keys of the mapping arguments
+    for i, (key, value) in enumerate(merged.items):
+        if key.__class__ is str and key in CONTROL_KEYS:
+            controls.pop(key, None)
+            controls[key] = value
+        else:
+            if start <= i < end:
+                args.append(len(keys))
+            keys.append(key)
+            values.append(value)
+    wires = _unique_keys(keys, [_wire_key(key) for key in keys])
+    taken = set(CONTROL_KEYS)
+    for i, wire in enumerate(wires):
+        name, n = wire, 2
+        while name in taken:
+            name = f"{wire}~{n}"
+            n += 1
+        taken.add(name)
+        wires[i] = name
+    source: Dict[str, Any] = dict(zip(wires, values))
+    source.update(controls)
+    layout = _Layout.of_fields(wires, list(controls))
+    return layout, source, [(keys[i], wires[i]) for i in args]
+
+
+def _render(
+    record: logging.LogRecord,
+    merged: Fields,
+    before: Optional[List[Tuple[Any, str, Any]]],
+    extras: Mapping[str, Any],
+) -> str:
+    """``msg % args`` with mapping arguments as governance left them (Redact applied)."""
+    args = dict(merged.args or {})
+    for key, wire, value in before or ():
+        governed = extras[wire]
+        if governed is not value:
+            args[key] = governed
+    try:
+        return str(record.msg) % args
+    except Exception as exc:  # noqa: BLE001 - a bad format string must not lose the event
+        return (
+            f"{_safe_str(record.msg)} [cerbistream_spool: message formatting failed: "
+            f"{type(exc).__name__}: {_safe_str(exc)}]"
+        )
 
 
 def _event_dict(
@@ -687,6 +803,8 @@ def _wire_key(key: Any) -> str:
         return key if key.isascii() else _utf8(key)
     if isinstance(key, str):
         return _utf8(str.__str__(key))
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key).decode("utf-8", "backslashreplace")
     return _safe_str(key)
 
 

@@ -1,22 +1,29 @@
 """cerbi_governance.json → immutable rules; ``check`` and ``apply_actions`` are pure.
 
-File format (CONTRACT §3)::
+File format (CONTRACT §3, docs/GOVERNANCE.md)::
 
     {"profiles": {"<name>": {"rules": [
-        {"ruleId": str, "code": str, "fields": [dotted path, ...],
-         "severity": str, "message": str (optional), "action": "Redact" | "Block" (optional)}
+        {"ruleId": str, "code": str, "fields": [dotted path, ...] (optional with patterns),
+         "patterns": [regular expression, ...] (optional), "severity": str,
+         "message": str (optional), "action": "Redact" | "Block" (optional)}
     ]}}}
 
 Validation is strict where a mistake would silently weaken governance: every
 profile in the file is validated (not only the one asked for), unknown keys in a
 rule are errors (``"acton": "Redact"`` must not turn into flag-only), and so are
-duplicate JSON keys, duplicate ruleIds in a profile and a field listed twice in a
-rule. Top-level and profile objects may carry extra keys (``$schema``, notes).
+duplicate JSON keys, duplicate ruleIds in a profile, a field or pattern listed twice
+in a rule, a pattern that does not compile, matches the empty string, or nests
+unbounded repeats (:func:`_risky`). Top-level and profile objects may carry extra
+keys (``$schema``, notes).
 
-Matching: each field is a dotted path into the extras; every segment matches a
-``str`` key case-insensitively (``str.lower``); paths descend through mappings
-only, never into lists. A field matched by several case variants of a key
-(``Email`` and ``email``) yields one violation, and Redact replaces every variant.
+Matching (docs/GOVERNANCE.md): each field is a dotted path into the record's fields
+(cerbistream_spool/fields.py); every segment matches a key case-insensitively
+(``str.lower``; a bytes key by its UTF-8 text; ``k~2``, the event builder's name for a
+second ``k``, as ``k``). A literal dotted key is the path it spells (``"user.email"``
+is user → email), and the dicts inside a list are searched as the value itself. A rule
+naming a path matches every key at or below it. One violation per rule field, however
+many places it matched; Redact replaces every one of them. Patterns search the message
+and every string value (:meth:`Governance.scan_text`).
 
 Hot reload: :func:`load_governance` returns a new :class:`Governance`; swapping
 rules is one attribute assignment, and a record sees either the old or the new set.
@@ -25,9 +32,11 @@ rules is one attribute assignment, and a record sees either the old or the new s
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import (
     Any,
@@ -37,6 +46,7 @@ from typing import (
     Mapping,
     NamedTuple,
     Optional,
+    Pattern,
     Sequence,
     Tuple,
     Union,
@@ -47,10 +57,13 @@ from cerbistream_spool.errors import GovernanceConfigError
 __all__ = [
     "ACTION_BLOCK",
     "ACTION_REDACT",
+    "MAX_PATTERN_CHARS",
+    "MAX_SCAN_CHARS",
     "REDACTED",
     "FlatPlan",
     "Governance",
     "Rule",
+    "TextScan",
     "Violation",
     "apply_actions",
     "load_governance",
@@ -62,7 +75,7 @@ ACTION_BLOCK = "Block"
 REDACTED = "***REDACTED***"
 
 _ACTIONS = {"redact": ACTION_REDACT, "block": ACTION_BLOCK}
-_RULE_KEYS = ("ruleId", "code", "fields", "severity", "message", "action")
+_RULE_KEYS = ("ruleId", "code", "fields", "patterns", "severity", "message", "action")
 _FILE = "<file>"
 _ROOT = "<root>"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
@@ -81,7 +94,7 @@ class Violation:
     severity: str
     message: str
     action: Optional[str]
-    path: Tuple[str, ...]  # lower-cased segments of ``field``
+    path: Tuple[str, ...]  # lower-cased segments of ``field``; () for a pattern match
 
     def as_dict(self) -> Dict[str, str]:
         """The ScoringEventDto form: ``RuleId, Code, Field, Severity, Message`` in that order."""
@@ -96,7 +109,7 @@ class Violation:
 
 @dataclass(frozen=True)
 class Rule:
-    """One validated rule; ``severity`` and ``fields`` exactly as written in the file."""
+    """One validated rule; ``severity``, ``fields`` and ``patterns`` exactly as written."""
 
     rule_id: str
     code: str
@@ -104,6 +117,7 @@ class Rule:
     severity: str
     message: Optional[str] = None  # None: the default message per field
     action: Optional[str] = None  # ACTION_REDACT, ACTION_BLOCK or None (flag only)
+    patterns: Tuple[str, ...] = ()  # regular expressions over the message and string values
 
     def violation_for(self, field_path: str) -> Violation:
         """The violation this rule reports for ``field_path``."""
@@ -120,6 +134,21 @@ class Rule:
             path=tuple(field_path.lower().split(".")),
         )
 
+    def pattern_violation(self, field_path: str) -> Violation:
+        """The violation this rule reports when one of its patterns matches at ``field_path``."""
+        message = self.message
+        if message is None:
+            message = f"Field '{field_path}' matches a pattern of rule {self.rule_id}"
+        return Violation(
+            rule_id=self.rule_id,
+            code=self.code,
+            field=field_path,
+            severity=self.severity,
+            message=message,
+            action=self.action,
+            path=(),
+        )
+
 
 class _Node:
     """One lower-cased path segment of the compiled rule trie."""
@@ -131,6 +160,22 @@ class _Node:
         self.children: Dict[str, _Node] = {}
 
 
+class _TextRule(NamedTuple):
+    """A rule with patterns, compiled once at load."""
+
+    rule: Rule
+    patterns: Tuple[Pattern[str], ...]
+
+
+class TextScan(NamedTuple):
+    """What :meth:`Governance.scan_text` found and made of the texts."""
+
+    violations: Tuple[Violation, ...]  # rule order, then the order the texts were given
+    message: Optional[str]  # the message, matches replaced by Redact rules
+    values: Mapping[str, Any]  # the values (the same object when nothing was replaced)
+    blocked: bool
+
+
 @dataclass(frozen=True)
 class Governance:
     """The immutable rule set of one profile. ``check`` is safe to call from any thread."""
@@ -140,8 +185,17 @@ class Governance:
     path: str = ""
     sha256: str = ""  # of the file bytes; lets a reloader skip unchanged versions
     _trie: Dict[str, _Node] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # the rules with patterns; empty for a file without any, so the handler skips the scan
+    patterns: Tuple[_TextRule, ...] = field(init=False, repr=False, compare=False, default=())
     # flat_plan() memo: extras key tuple -> plan; bounded, filled lazily (dict ops are atomic)
     _plans: Dict[Tuple[str, ...], FlatPlan] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    _flat_patterns: Tuple[Tuple[int, bool, Pattern[str]], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+    # pattern violations by (rule index, field path); bounded like _plans
+    _text_hits: Dict[Tuple[int, str], Violation] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
 
@@ -159,12 +213,30 @@ class Governance:
                 node.hits += ((position, violation),)
                 position += 1
         object.__setattr__(self, "_trie", trie)
+        object.__setattr__(
+            self,
+            "patterns",
+            tuple(
+                _TextRule(rule, tuple(_compile(p) for p in rule.patterns))
+                for rule in self.rules
+                if rule.patterns
+            ),
+        )
+        object.__setattr__(
+            self,
+            "_flat_patterns",
+            tuple(
+                (index, text_rule.rule.action == ACTION_REDACT, pattern)
+                for index, text_rule in enumerate(self.patterns)
+                for pattern in text_rule.patterns
+            ),
+        )
 
     def check(self, extras: Mapping[str, Any]) -> Tuple[Violation, ...]:
         """Violations for ``extras``, in rule order then field order; ``()`` when none match."""
         if not self._trie:
             return _NO_VIOLATIONS
-        hits = _walk(extras, self._trie, None)
+        hits = _walk(extras, self._trie, None, 0)
         if hits is None:
             return _NO_VIOLATIONS
         if len(hits) == 1:
@@ -174,24 +246,52 @@ class Governance:
     def flat_plan(self, keys: Tuple[str, ...]) -> FlatPlan:
         """``check`` + ``apply_actions`` for extras whose values are all scalars, memoised.
 
-        With no mapping among the values only single-segment fields can match, so
+        With no mapping or list among the values only the keys themselves can match, so
         the outcome depends on the key set alone: the violations, the keys to redact
         and whether the event is blocked are computed once per key tuple.
         """
         plan = self._plans.get(keys)
         if plan is None:
-            violations = self.check(dict.fromkeys(keys))
-            redact = frozenset(
-                key
-                for key in keys
-                for v in violations
-                if v.action == ACTION_REDACT and v.path == (key.lower(),)
-            )
-            blocked = any(v.action == ACTION_BLOCK for v in violations)
+            probe = dict.fromkeys(keys)
+            violations = self.check(probe)
+            redacted, blocked = apply_actions(probe, violations)
+            redact = frozenset(key for key in keys if redacted[key] is not None)
             plan = FlatPlan(violations, redact, blocked, {})
             if len(self._plans) < _MAX_PLANS:
                 self._plans[keys] = plan
         return plan
+
+    def scan_text(self, message: Optional[str], values: Mapping[str, Any]) -> TextScan:
+        """Pattern rules over ``message`` and every string in ``values`` (nested dicts, lists).
+
+        A match is a violation of its rule at ``message`` or at the dotted key path of the
+        value (list positions add no segment); with Redact the matched text is replaced by
+        :data:`REDACTED`. Each text is scanned up to :data:`MAX_SCAN_CHARS`; a longer one is
+        cut there and ends with a marker (the rest is neither scanned nor kept). Strings
+        that are exactly :data:`REDACTED` are skipped. Never mutates its input.
+        """
+        state = _Scan(self._flat_patterns)
+        if message is not None:
+            message = state.text(message, "", "message")
+        out = state.mapping(values, "", 0)
+        if state.found is None:
+            return TextScan(_NO_VIOLATIONS, message, values if out is None else out, False)
+        violations = tuple(self._text_violation(i, path) for i, path in sorted(state.found))
+        return TextScan(
+            violations,
+            message,
+            values if out is None else out,
+            any(v.action == ACTION_BLOCK for v in violations),
+        )
+
+    def _text_violation(self, index: int, path: str) -> Violation:
+        key = (index, path)
+        violation = self._text_hits.get(key)
+        if violation is None:
+            violation = self.patterns[index].rule.pattern_violation(path)
+            if len(self._text_hits) < _MAX_PLANS:
+                self._text_hits[key] = violation
+        return violation
 
 
 class FlatPlan(NamedTuple):
@@ -206,83 +306,252 @@ class FlatPlan(NamedTuple):
 
 
 _MAX_PLANS = 1024
+MAX_SCAN_CHARS = 65536  # per text: patterns see at most this many characters of it
+_MAX_WALK_DEPTH = 64  # nesting levels check/redact descend (lists of lists included)
+
+
+def _key_text(key: Any) -> Optional[str]:
+    """The lower-cased text a key is matched by: ``str`` as is, bytes decoded as UTF-8."""
+    if key.__class__ is str:
+        return key if key.islower() else key.lower()
+    if isinstance(key, str):
+        return str.__str__(key).lower()
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key).decode("utf-8", "backslashreplace").lower()
+    return None
+
+
+def _chain(trie: Dict[str, _Node], text: str) -> Tuple[Tuple[_Node, ...], bool]:
+    """The trie nodes a key that is not a segment itself reaches, and whether it reached
+    its end: ``a.b`` is the path a → b (as far as the trie goes), ``k~2`` (the name the
+    event builder gives a key whose text was taken) is ``k``."""
+    base, tilde, number = text.rpartition("~")
+    if tilde and base and number.isdigit() and number[0] != "0":
+        node = trie.get(base)
+        if node is not None:
+            return (node,), True
+        text = base
+    if "." not in text:
+        return (), False
+    nodes: List[_Node] = []
+    children = trie
+    for segment in text.split("."):
+        node = children.get(segment)
+        if node is None:
+            return tuple(nodes), False
+        nodes.append(node)
+        children = node.children
+    return tuple(nodes), True
+
+
+def _is_list(value: Any) -> bool:
+    return value.__class__ is list or isinstance(value, (list, tuple))
 
 
 def _walk(
-    mapping: Mapping[Any, Any], trie: Dict[str, _Node], hits: Optional[Dict[int, Violation]]
+    mapping: Mapping[Any, Any],
+    trie: Dict[str, _Node],
+    hits: Optional[Dict[int, Violation]],
+    depth: int,
 ) -> Optional[Dict[int, Violation]]:
     """Add the violations of ``trie`` found in ``mapping`` to ``hits`` (created on first hit)."""
     for key, value in mapping.items():
-        if not isinstance(key, str):
+        text = _key_text(key)
+        if text is None:
             continue
-        node = trie.get(key if key.islower() else key.lower())
+        node = trie.get(text)
         if node is None:
-            continue
-        if node.hits:
+            nodes, complete = _chain(trie, text)
+            if not nodes:
+                continue
+            for passed in nodes:
+                if passed.hits:
+                    if hits is None:
+                        hits = {}
+                    for position, violation in passed.hits:
+                        hits[position] = violation
+            if not complete:
+                continue
+            node = nodes[-1]
+        elif node.hits:
             if hits is None:
                 hits = {}
             for position, violation in node.hits:
                 hits[position] = violation
-        if node.children and (value.__class__ is dict or isinstance(value, Mapping)):
-            hits = _walk(value, node.children, hits)
+        if node.children and depth < _MAX_WALK_DEPTH:
+            if value.__class__ is dict or isinstance(value, Mapping):
+                hits = _walk(value, node.children, hits, depth + 1)
+            elif _is_list(value):
+                hits = _walk_list(value, node.children, hits, depth + 1)
     return hits
 
 
-_LEAF: Any = object()  # marks "redact this whole value" in a redaction tree
+def _walk_list(
+    items: Any, trie: Dict[str, _Node], hits: Optional[Dict[int, Violation]], depth: int
+) -> Optional[Dict[int, Violation]]:
+    """The dicts in a list (and in lists inside it) are searched as the value itself."""
+    for item in items:
+        if item.__class__ is dict or isinstance(item, Mapping):
+            hits = _walk(item, trie, hits, depth)
+        elif _is_list(item) and depth < _MAX_WALK_DEPTH:
+            hits = _walk_list(item, trie, hits, depth + 1)
+    return hits
 
 
 def apply_actions(
     extras: Mapping[str, Any], violations: Sequence[Violation]
 ) -> Tuple[Mapping[str, Any], bool]:
-    """Apply Redact/Block; returns ``(extras, blocked)``. Never mutates its input.
+    """Apply Redact/Block of field violations; returns ``(extras, blocked)``. Never mutates.
 
-    Redact replaces the value at each violation's path (every case variant, nested
-    dicts copied on write) by :data:`REDACTED`. When any violation is Block, the
-    caller drops message and extras, so the extras come back unredacted with
-    ``blocked=True``. Without anything to redact the input object itself comes back.
+    Redact replaces every value the violation's path matches (every case variant, a
+    literal dotted key, the dicts inside lists; containers copied on write) by
+    :data:`REDACTED`. When any violation is Block, the caller drops message and extras,
+    so the extras come back unredacted with ``blocked=True``. Without anything to
+    redact the input object itself comes back. Pattern violations (``path == ()``) are
+    applied by :meth:`Governance.scan_text`, not here.
     """
-    tree: Optional[Dict[str, Any]] = None
+    trie: Optional[Dict[str, _Node]] = None
     for violation in violations:
         if violation.action == ACTION_BLOCK:
             return extras, True
-        if violation.action == ACTION_REDACT:
-            if tree is None:
-                tree = {}
-            node = tree
-            *parents, last = violation.path
-            for segment in parents:
-                node = node.setdefault(segment, {})
-                if node is _LEAF:
-                    break  # an enclosing value is redacted whole already
-            else:
-                node[last] = _LEAF
-    if tree is None:
+        if violation.action == ACTION_REDACT and violation.path:
+            if trie is None:
+                trie = {}
+            children = trie
+            node = _Node()
+            for segment in violation.path:
+                node = children.setdefault(segment, _Node())
+                children = node.children
+            node.hits = ((0, violation),)
+    if trie is None:
         return extras, False
-    redacted = _redact(extras, tree)
+    redacted = _redact(extras, trie, 0)
     return (extras if redacted is None else redacted), False
 
 
-def _redact(mapping: Mapping[Any, Any], tree: Dict[str, Any]) -> Optional[Dict[Any, Any]]:
-    """A copy of ``mapping`` with the ``tree`` paths redacted, or None when none is present."""
+def _redact(
+    mapping: Mapping[Any, Any], trie: Dict[str, _Node], depth: int
+) -> Optional[Dict[Any, Any]]:
+    """A copy of ``mapping`` with the ``trie`` paths redacted, or None when none is present."""
     out: Optional[Dict[Any, Any]] = None
     for key, value in mapping.items():
-        if not isinstance(key, str):
+        text = _key_text(key)
+        if text is None:
             continue
-        sub = tree.get(key if key.islower() else key.lower())
-        if sub is None:
+        node = trie.get(text)
+        if node is None:
+            nodes, complete = _chain(trie, text)
+            hit = next((n for n in nodes if n.hits), None)
+            if hit is not None:  # a rule names this key or a path it lies under
+                node = hit
+            elif complete and nodes:
+                node = nodes[-1]
+            else:
+                continue
+        new_value: Any
+        if node.hits:
+            new_value = REDACTED
+        elif depth >= _MAX_WALK_DEPTH:
             continue
-        if sub is _LEAF:
-            new_value: Any = REDACTED
+        elif value.__class__ is dict or isinstance(value, Mapping):
+            new_value = _redact(value, node.children, depth + 1)
+        elif _is_list(value):
+            new_value = _redact_list(value, node.children, depth + 1)
         else:
-            if value.__class__ is not dict and not isinstance(value, Mapping):
-                continue
-            new_value = _redact(value, sub)
-            if new_value is None:
-                continue
+            continue
+        if new_value is None:
+            continue
         if out is None:
             out = dict(mapping)
         out[key] = new_value
     return out
+
+
+def _redact_list(items: Any, trie: Dict[str, _Node], depth: int) -> Optional[List[Any]]:
+    """A copy of the list ``items`` with the dicts in it redacted, or None when unchanged."""
+    out: Optional[List[Any]] = None
+    for i, item in enumerate(items):
+        if item.__class__ is dict or isinstance(item, Mapping):
+            new_item: Any = _redact(item, trie, depth)
+        elif _is_list(item) and depth < _MAX_WALK_DEPTH:
+            new_item = _redact_list(item, trie, depth + 1)
+        else:
+            continue
+        if new_item is None:
+            continue
+        if out is None:
+            out = list(items)
+        out[i] = new_item
+    return out
+
+
+class _Scan:
+    """One :meth:`Governance.scan_text` call: the matches found, as (rule index, path)."""
+
+    __slots__ = ("found", "patterns")
+
+    def __init__(self, patterns: Tuple[Tuple[int, bool, Pattern[str]], ...]) -> None:
+        self.patterns = patterns  # (rule index, redact?, compiled), in rule order
+        self.found: Optional[Dict[Tuple[int, str], None]] = None
+
+    def text(self, text: str, parent: str, name: str) -> str:
+        if text == REDACTED:
+            return text
+        if len(text) > MAX_SCAN_CHARS:
+            text = text[:MAX_SCAN_CHARS] + _cut_marker(len(text) - MAX_SCAN_CHARS)
+        for index, redact, pattern in self.patterns:
+            if pattern.search(text) is None:
+                continue
+            if self.found is None:
+                self.found = {}
+            self.found[(index, f"{parent}.{name}" if parent else name)] = None
+            if redact:
+                text = pattern.sub(REDACTED, text)
+        return text
+
+    def value(self, value: Any, parent: str, name: str, depth: int) -> Any:
+        """``value`` with its strings scanned; the same object when nothing changed."""
+        cls = value.__class__
+        if cls is str:
+            new = self.text(value, parent, name)
+            return value if new == value else new
+        if cls is int or cls is float or cls is bool or value is None:
+            return value
+        if isinstance(value, str):
+            new = self.text(str.__str__(value), parent, name)
+            return value if new == value else new
+        if depth >= _MAX_WALK_DEPTH:
+            return value
+        if cls is dict or isinstance(value, Mapping):
+            out = self.mapping(value, f"{parent}.{name}" if parent else name, depth + 1)
+            return value if out is None else out
+        if _is_list(value):
+            changed: Optional[List[Any]] = None
+            for i, item in enumerate(value):
+                new_item = self.value(item, parent, name, depth + 1)
+                if new_item is not item:
+                    if changed is None:
+                        changed = list(value)
+                    changed[i] = new_item
+            return value if changed is None else changed
+        return value
+
+    def mapping(
+        self, mapping: Mapping[Any, Any], path: str, depth: int
+    ) -> Optional[Dict[Any, Any]]:
+        out: Optional[Dict[Any, Any]] = None
+        for key, value in mapping.items():
+            name = key if key.__class__ is str else _key_text(key) or str(key)
+            new = self.value(value, path, name, depth)
+            if new is not value:
+                if out is None:
+                    out = dict(mapping)
+                out[key] = new
+        return out
+
+
+def _cut_marker(dropped: int) -> str:
+    return f"...[cerbistream_spool: {dropped} more characters not scanned, removed]"
 
 
 # --------------------------------------------------------------------------- loading
@@ -455,7 +724,8 @@ def _validate_rule(raw: Any, path: str, loc: str) -> Rule:
     rule_id = _nonempty_str(rule, "ruleId", path, loc)
     code = _nonempty_str(rule, "code", path, loc)
     severity = _nonempty_str(rule, "severity", path, loc)
-    fields = _validate_fields(rule, path, loc)
+    patterns = _validate_patterns(rule, path, loc)
+    fields = _validate_fields(rule, path, loc, required=not patterns)
 
     message: Optional[str] = None
     if rule.get("message") is not None:
@@ -485,13 +755,22 @@ def _validate_rule(raw: Any, path: str, loc: str) -> Rule:
         severity=severity,
         message=message,
         action=action,
+        patterns=patterns,
     )
 
 
-def _validate_fields(rule: Dict[str, Any], path: str, loc: str) -> Tuple[str, ...]:
+def _validate_fields(
+    rule: Dict[str, Any], path: str, loc: str, *, required: bool
+) -> Tuple[str, ...]:
     if "fields" not in rule:
-        raise GovernanceConfigError(path, loc, "missing required key 'fields'")
+        if not required:
+            return ()
+        raise GovernanceConfigError(
+            path, loc, "missing required key 'fields' (a rule needs 'fields', 'patterns' or both)"
+        )
     raw = rule["fields"]
+    if not required and isinstance(raw, list) and not raw:
+        return ()
     if not isinstance(raw, list) or not raw:
         got = "an empty array" if isinstance(raw, list) else _type_name(raw)
         raise GovernanceConfigError(
@@ -521,3 +800,124 @@ def _validate_fields(rule: Dict[str, Any], path: str, loc: str) -> Tuple[str, ..
             )
         seen[key] = j
     return tuple(raw)
+
+
+MAX_PATTERN_CHARS = 1000  # longer regular expressions are refused at load
+
+
+def _validate_patterns(rule: Dict[str, Any], path: str, loc: str) -> Tuple[str, ...]:
+    """The rule's ``patterns``: a non-empty array of regular expressions that compile and
+    hold no construct known to backtrack exponentially (see :func:`_risky`)."""
+    if "patterns" not in rule or rule["patterns"] is None:
+        return ()
+    raw = rule["patterns"]
+    if not isinstance(raw, list) or not raw:
+        got = "an empty array" if isinstance(raw, list) else _type_name(raw)
+        raise GovernanceConfigError(
+            path,
+            f"{loc}.patterns",
+            f"expected a non-empty array of regular expressions, got {got}",
+        )
+    seen: Dict[str, int] = {}
+    for j, item in enumerate(raw):
+        where = f"{loc}.patterns[{j}]"
+        if not isinstance(item, str) or not item:
+            got = "an empty string" if isinstance(item, str) else _type_name(item)
+            raise GovernanceConfigError(
+                path, where, f"expected a regular expression (a non-empty string), got {got}"
+            )
+        if len(item) > MAX_PATTERN_CHARS:
+            raise GovernanceConfigError(
+                path, where, f"regular expression longer than {MAX_PATTERN_CHARS} characters"
+            )
+        if item in seen:
+            raise GovernanceConfigError(
+                path, where, f"duplicate pattern {item!r} (same as patterns[{seen[item]}])"
+            )
+        seen[item] = j
+        try:
+            compiled = _compile(item)
+        except re.error as exc:
+            at = "" if exc.pos is None else f" at position {exc.pos}"
+            raise GovernanceConfigError(
+                path, where, f"invalid regular expression {item!r}: {exc.msg}{at}"
+            ) from None
+        except (RecursionError, OverflowError):
+            raise GovernanceConfigError(
+                path, where, f"invalid regular expression {item!r}: too complex"
+            ) from None
+        if compiled.search("") is not None:
+            raise GovernanceConfigError(
+                path, where, f"regular expression {item!r} matches the empty string"
+            )
+        problem = _risky(item)
+        if problem:
+            raise GovernanceConfigError(
+                path,
+                where,
+                f"regular expression {item!r} {problem}; it can take exponential time on "
+                "some texts (docs/GOVERNANCE.md, Patterns)",
+            )
+    return tuple(raw)
+
+
+def _compile(pattern: str) -> Pattern[str]:
+    return re.compile(pattern)
+
+
+def _risky(pattern: str) -> Optional[str]:
+    """Why ``pattern`` may backtrack catastrophically, or None.
+
+    Refused: a repeat of unbounded count (``*``, ``+``, ``{n,}``) whose body holds
+    another such repeat (``(a+)+``, ``(\\w*\\s?)*``), and backreferences (``\\1``).
+    A heuristic: it catches the classic exponential forms, not every slow pattern.
+    """
+    sre = _sre_parser()
+    try:
+        tree = sre.parse(pattern)
+    except Exception:  # noqa: BLE001 - it compiled; an unparsable tree is not ours to judge
+        return None
+    return _risky_tree(tree, False, sre.MAXREPEAT)
+
+
+def _sre_parser() -> Any:
+    """The stdlib regular-expression parser (``re._parser``; ``sre_parse`` before 3.11)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return importlib.import_module("re._parser")
+        except ImportError:  # Python < 3.11
+            return importlib.import_module("sre_parse")
+
+
+def _risky_tree(items: Any, inside: bool, maxrepeat: int) -> Optional[str]:
+    for op, arg in items:
+        name = str(op)
+        if name in ("GROUPREF", "GROUPREF_EXISTS"):
+            return "uses a backreference"
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            _low, high, body = arg
+            unbounded = high == maxrepeat
+            if unbounded and inside and name != "POSSESSIVE_REPEAT":
+                return "nests an unbounded repeat inside another"
+            problem = _risky_tree(
+                body, inside or (unbounded and name != "POSSESSIVE_REPEAT"), maxrepeat
+            )
+            if problem:
+                return problem
+        elif name == "SUBPATTERN":
+            problem = _risky_tree(arg[-1], inside, maxrepeat)
+            if problem:
+                return problem
+        elif name == "BRANCH":
+            for branch in arg[1]:
+                problem = _risky_tree(branch, inside, maxrepeat)
+                if problem:
+                    return problem
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            problem = _risky_tree(arg[1], inside, maxrepeat)
+            if problem:
+                return problem
+        elif name == "ATOMIC_GROUP":
+            continue  # no backtracking into an atomic group
+    return None

@@ -745,36 +745,59 @@ def assert_encoder_bytes_equal_build_event(
     return body
 
 
-ENCODER_GOVERNANCE = parse_governance(
-    json.dumps(
-        {
-            "profiles": {
-                "default": {
-                    "rules": [
-                        {
-                            "ruleId": "PII-001",
-                            "code": "PII",
-                            "fields": ["email", "ssn", "user.email", "logger", "Exception"],
-                            "severity": "Warning",
-                            "message": "PII field detected",
-                            "action": "Redact",
-                        },
-                        {
-                            "ruleId": "SEC-001",
-                            "code": "Security",
-                            "fields": ["password", "user.password"],
-                            "severity": "Critical",
-                            "action": "Block",
-                        },
-                        {"ruleId": "FLAG-1", "code": "F", "fields": ["iban"], "severity": "Low"},
-                    ]
-                }
-            }
+ENCODER_GOVERNANCE_TEXT = json.dumps(
+    {
+        "profiles": {
+            "default": {
+                "rules": [
+                    {
+                        "ruleId": "PII-001",
+                        "code": "PII",
+                        "fields": ["email", "ssn", "user.email", "logger", "Exception"],
+                        "severity": "Warning",
+                        "message": "PII field detected",
+                        "action": "Redact",
+                    },
+                    {
+                        "ruleId": "SEC-001",
+                        "code": "Security",
+                        "fields": ["password", "user.password"],
+                        "severity": "Critical",
+                        "action": "Block",
+                    },
+                    {"ruleId": "FLAG-1", "code": "F", "fields": ["iban"], "severity": "Low"},
+                ]
+            },
+            "patterns": {
+                "rules": [
+                    {
+                        "ruleId": "PII-001",
+                        "code": "PII",
+                        "fields": ["email", "users.email", "user.email"],
+                        "severity": "Warning",
+                        "action": "Redact",
+                    },
+                    {
+                        "ruleId": "TXT-1",
+                        "code": "Security",
+                        "patterns": ["(?<=password=)[^&\\s]+", "ü+"],
+                        "severity": "Error",
+                        "action": "Redact",
+                    },
+                    {
+                        "ruleId": "TXT-2",
+                        "code": "Security",
+                        "patterns": ["BLOCKME"],
+                        "severity": "Critical",
+                        "action": "Block",
+                    },
+                ]
+            },
         }
-    ),
-    path="<test>",
-    profile="default",
+    }
 )
+ENCODER_GOVERNANCE = parse_governance(ENCODER_GOVERNANCE_TEXT, path="<test>", profile="default")
+PATTERN_GOVERNANCE = parse_governance(ENCODER_GOVERNANCE_TEXT, path="<test>", profile="patterns")
 
 
 class _Unprintable:
@@ -784,7 +807,8 @@ class _Unprintable:
 
 governed_names = st.sampled_from(
     [
-        *("email", "EMAIL", "ssn", "password", "iban", "user"),  # governed
+        *("email", "EMAIL", "ssn", "password", "iban", "user", "users"),  # governed
+        *("user.email", "User.Password", "email~2", "extra", b"password", b"\xffx"),
         *("logger", "level", "exception", "blocked", "function", "extra_level"),  # renamed
         *("_private", "naïve", "p\udc80th", "k"),
     ]
@@ -799,6 +823,30 @@ odd_values = st.one_of(
     st.builds(_Weird),
     st.builds(_Color, st.text(max_size=3)),
     st.dictionaries(st.sampled_from(["email", "Email", "password", "id"]), json_tree, max_size=3),
+    st.lists(  # dicts inside lists, and lists of them
+        st.one_of(
+            st.dictionaries(st.sampled_from(["email", "password", "id"]), json_leaf, max_size=2),
+            st.lists(st.dictionaries(st.just("email"), json_leaf, max_size=1), max_size=2),
+            st.sampled_from(["password=hunter2&x", "BLOCKME", "üü", "plain"]),
+        ),
+        max_size=3,
+    ),
+    st.sampled_from(["GET /?password=hunter2", "BLOCKME now", "naïve ü", "x" * 70000]),
+)
+# what a front-end puts in record.msg / record.args (docs/GOVERNANCE.md, field model)
+messages = st.one_of(
+    st.none(),  # the plain "%s" message of the test
+    st.dictionaries(
+        st.sampled_from(["event", "message", "email", "password", "exc_info", "_p", "tenant_id"]),
+        st.one_of(json_leaf, st.just(True), st.just("GET /?password=hunter2")),
+        max_size=4,
+    ),
+)
+mapping_args = st.dictionaries(
+    st.sampled_from(["user", "email", "password", "n"]),
+    st.one_of(st.text(max_size=4), st.integers(), st.just("password=x")),
+    min_size=1,
+    max_size=3,
 )
 
 
@@ -825,7 +873,9 @@ def shared_encoder(options: Dict[str, Any], governance: Optional[Governance]) ->
         max_size=6,
     ),
     controls=st.dictionaries(st.sampled_from(sorted(CONTROL_KEYS)), control_values, max_size=3),
-    governance=st.sampled_from([None, ENCODER_GOVERNANCE, Governance()]),
+    governance=st.sampled_from([None, ENCODER_GOVERNANCE, Governance(), PATTERN_GOVERNANCE]),
+    message=messages,
+    arg_map=st.one_of(st.none(), mapping_args),
     options=st.fixed_dictionaries(
         {
             "tenant_id": st.sampled_from(["my-tenant", "tenant-ü"]),
@@ -844,15 +894,22 @@ def test_encoder_bytes_equal_encode_body_of_build_event(
     extras: Dict[str, Any],
     controls: Dict[str, Any],
     governance: Optional[Governance],
+    message: Optional[Dict[str, Any]],
+    arg_map: Optional[Dict[str, Any]],
     options: Dict[str, Any],
     args: Any,
     correlation_id: Optional[str],
     with_exception: bool,
     reorder: bool,
 ) -> None:
-    """Any record, any governance: the encoder writes the bytes build_event + msgpack wrote."""
+    """Any record, any front-end, any governance: the encoder writes the bytes build_event +
+    msgpack wrote (dict messages, mapping args, loguru's ``extra``, dotted keys, lists)."""
     encoder = shared_encoder(options, governance)
-    msg = "user %s logged in" if len(args) == 1 else "hello %s %s" if args else "plain ✓"
+    msg: Any = "user %s logged in" if len(args) == 1 else "hello %s %s" if args else "plain ✓"
+    if message is not None:
+        msg = message
+    elif arg_map is not None:
+        msg, args = "%(user)s %(email)s %(password)s %(n)s?", (arg_map,)
     record = make_record(
         msg,
         *args,
@@ -1064,17 +1121,26 @@ def test_extras_with_non_string_keys_keep_the_record_and_every_value(spool_dir: 
 
 
 def test_colliding_keys_keep_the_string_key_and_suffix_the_others() -> None:
-    extra = {1: "int", "1": "str", "1~2": "taken", b"1": "bytes", 2: "two"}
+    """A bytes key is its UTF-8 text (``b"1"`` is ``"1"``), so it collides like an int."""
+    extra = {1: "int", "1": "str", "1~2": "taken", b"1": "bytes", 2: "two", b"\xff": "bad"}
     payload = build(make_record(extra=extra))["RawPayload"]
-    assert {k: payload[k] for k in ("1", "1~2", "1~3", "b'1'", "2")} == {
+    assert {k: payload[k] for k in ("1", "1~2", "1~3", "1~4", "2", "\\xff")} == {
         "1": "str",
         "1~2": "taken",
         "1~3": "int",
-        "b'1'": "bytes",
+        "1~4": "bytes",
         "2": "two",
+        "\\xff": "bad",
     }
     nested = build(make_record(extra={"d": extra}))["RawPayload"]["d"]
-    assert nested == {"1~3": "int", "1": "str", "1~2": "taken", "b'1'": "bytes", "2": "two"}
+    assert nested == {
+        "1~3": "int",
+        "1": "str",
+        "1~2": "taken",
+        "1~4": "bytes",
+        "2": "two",
+        "\\xff": "bad",
+    }
     encoder = EventEncoder(tenant_id="my-tenant", app_name="my-python-app")
     body = msgpack.unpackb(encoder.encode(make_record(extra={"d": extra})), raw=False)
     assert body["RawPayload"]["d"] == nested

@@ -18,6 +18,7 @@ from cerbistream_spool.errors import GovernanceConfigError
 from cerbistream_spool.governance import (
     ACTION_BLOCK,
     ACTION_REDACT,
+    MAX_SCAN_CHARS,
     REDACTED,
     Governance,
     Rule,
@@ -94,6 +95,7 @@ def test_contract_section3_example_loads_as_written() -> None:
             "Warning",
             "PII field detected",
             "Redact",
+            (),
         ),
         (
             "SEC-001",
@@ -102,6 +104,7 @@ def test_contract_section3_example_loads_as_written() -> None:
             "Critical",
             "Security field detected",
             "Block",
+            (),
         ),
     ]
 
@@ -156,11 +159,12 @@ def test_deeply_nested_path_matches(tmp_path: Path) -> None:
     assert not gov.check({"a": {"B": {"c": {"e": None}}}})
 
 
-def test_path_does_not_descend_into_non_mappings(tmp_path: Path) -> None:
+def test_path_does_not_descend_into_scalars_or_match_elsewhere(tmp_path: Path) -> None:
     gov = gov_of(tmp_path, [rule(fields=["user.email"])])
     assert gov.check({"user": "email"}) == ()
-    assert gov.check({"user": [{"email": "x"}]}) == ()
+    assert gov.check({"user": ["email", 1, None]}) == ()
     assert gov.check({"email": "x"}) == ()
+    assert gov.check({"other": {"user": {"email": "x"}}}) == ()
 
 
 def test_one_violation_per_matched_field_in_rule_then_field_order(tmp_path: Path) -> None:
@@ -586,6 +590,69 @@ RULE_ERRORS = [
         "must be a non-empty string",
         id="other-profile-also-validated",
     ),
+    pytest.param(
+        _doc(rule(patterns=["("])),
+        R0 + ".patterns[0]",
+        "invalid regular expression '(': missing ), unterminated subpattern at position 0",
+        id="pattern-does-not-compile",
+    ),
+    pytest.param(
+        _doc(rule(fields=None, patterns=[])),
+        R0 + ".patterns",
+        "expected a non-empty array of regular expressions, got an empty array",
+        id="patterns-empty",
+    ),
+    pytest.param(
+        _doc(rule(patterns="x+")),
+        R0 + ".patterns",
+        "expected a non-empty array of regular expressions, got string",
+        id="patterns-not-array",
+    ),
+    pytest.param(
+        _doc(rule(patterns=[1])), R0 + ".patterns[0]", "got number", id="pattern-not-string"
+    ),
+    pytest.param(
+        _doc(rule(patterns=["a", "a"])),
+        R0 + ".patterns[1]",
+        "duplicate pattern 'a' (same as patterns[0])",
+        id="pattern-twice",
+    ),
+    pytest.param(
+        _doc(rule(patterns=["x?"])),
+        R0 + ".patterns[0]",
+        "matches the empty string",
+        id="pattern-matches-empty",
+    ),
+    pytest.param(
+        _doc(rule(patterns=["(a+)+$"])),
+        R0 + ".patterns[0]",
+        "nests an unbounded repeat inside another; it can take exponential time",
+        id="pattern-nested-repeat",
+    ),
+    pytest.param(
+        _doc(rule(patterns=[r"(\w+\s?)*x"])),
+        R0 + ".patterns[0]",
+        "nests an unbounded repeat inside another",
+        id="pattern-nested-repeat-in-group",
+    ),
+    pytest.param(
+        _doc(rule(patterns=[r"(a)\1"])),
+        R0 + ".patterns[0]",
+        "uses a backreference",
+        id="pattern-backreference",
+    ),
+    pytest.param(
+        _doc(rule(patterns=["a" * 1001])),
+        R0 + ".patterns[0]",
+        "regular expression longer than 1000 characters",
+        id="pattern-too-long",
+    ),
+    pytest.param(
+        _doc(rule(fields=None)),
+        R0,
+        "missing required key 'fields' (a rule needs 'fields', 'patterns' or both)",
+        id="neither-fields-nor-patterns",
+    ),
     pytest.param({"profiles": {}}, "profiles", "no profiles defined", id="no-profiles"),
     pytest.param({"rules": []}, "profiles", "missing required key", id="profiles-missing"),
     pytest.param({"profiles": []}, "profiles", "got array", id="profiles-not-object"),
@@ -623,3 +690,116 @@ def test_error_message_format_is_path_location_problem(tmp_path: Path) -> None:
     path = write(tmp_path, _doc(rule(severity="")))
     err = config_error(path)
     assert str(err) == f"{path}: at profiles.default.rules[0].severity: must be a non-empty string"
+
+
+# ---------------------------------------------------------------- dotted keys, lists, bytes keys
+
+
+def test_a_literal_dotted_key_is_the_nested_path(tmp_path: Path) -> None:
+    gov = gov_of(tmp_path, [rule(fields=["user.email"], action="Redact")])
+    extras = {"User.Email": "a", "user": {"email": "b"}, "user.name": "c"}
+    assert [v.field for v in gov.check(extras)] == ["user.email"]
+    out, blocked = apply_actions(extras, gov.check(extras))
+    assert out == {"User.Email": REDACTED, "user": {"email": REDACTED}, "user.name": "c"}
+    assert not blocked
+
+
+def test_a_dotted_key_below_a_governed_parent_is_redacted_whole(tmp_path: Path) -> None:
+    """``user.email.primary`` lies under ``user.email``; ``user`` + ``{"email.x": ..}`` too."""
+    gov = gov_of(tmp_path, [rule(fields=["user.email"], action="Redact")])
+    extras = {"user.email.primary": "a", "user": {"email.work": "b", "id": 1}}
+    out, _ = apply_actions(extras, gov.check(extras))
+    assert out == {"user.email.primary": REDACTED, "user": {"email.work": REDACTED, "id": 1}}
+
+
+def test_dicts_inside_lists_are_searched_and_redacted_in_a_copy(tmp_path: Path) -> None:
+    gov = gov_of(tmp_path, [rule(fields=["users.email"], action="Redact")])
+    extras = {"users": [{"email": "a"}, "x", [{"EMAIL": "b"}], ({"email": "c"},)]}
+    snapshot = copy.deepcopy(extras)
+    violations = gov.check(extras)
+    assert [v.field for v in violations] == ["users.email"]
+    out, _ = apply_actions(extras, violations)
+    assert out == {
+        "users": [{"email": REDACTED}, "x", [{"EMAIL": REDACTED}], [{"email": REDACTED}]]
+    }
+    assert extras == snapshot
+
+
+def test_block_inside_a_list_blocks(tmp_path: Path) -> None:
+    gov = gov_of(tmp_path, [rule(fields=["items.password"], action="Block")])
+    assert apply_actions({"items": [{"password": "x"}]}, gov.check({"items": [{"password": 1}]}))[1]
+
+
+def test_bytes_keys_and_collision_suffixes_match_their_text(tmp_path: Path) -> None:
+    gov = gov_of(tmp_path, [rule(fields=["password"], action="Redact")])
+    extras = {b"Password": "a", "password~2": "b", "password~x": "c", "password~02": "d"}
+    out, _ = apply_actions(extras, gov.check(extras))
+    assert out == {
+        b"Password": REDACTED,
+        "password~2": REDACTED,
+        "password~x": "c",
+        "password~02": "d",
+    }
+
+
+def test_self_referencing_lists_end_the_walk(tmp_path: Path) -> None:
+    gov = gov_of(tmp_path, [rule(fields=["a.b"], action="Redact")])
+    loop: List[Any] = []
+    loop.append(loop)
+    assert gov.check({"a": loop}) == ()
+    assert apply_actions({"a": loop}, gov.check({"a": [{"b": 1}]}))[0]["a"] is loop
+
+
+# ---------------------------------------------------------------- patterns
+
+
+def test_patterns_are_compiled_once_at_load_and_absent_patterns_cost_no_scan(
+    tmp_path: Path,
+) -> None:
+    gov = gov_of(tmp_path, [rule(patterns=[r"\bsk-[a-z0-9]+"], action="Redact")])
+    assert [p.pattern for p in gov.patterns[0].patterns] == [r"\bsk-[a-z0-9]+"]
+    assert gov_of(tmp_path, [rule()]).patterns == ()
+
+
+def test_a_pattern_redacts_the_matched_text_only(tmp_path: Path) -> None:
+    gov = gov_of(
+        tmp_path, [rule(fields=None, patterns=[r"(?<=password=)[^&\s]+"], action="Redact")]
+    )
+    scan = gov.scan_text("GET /r?password=hunter2&a=1", {"q": ["password=x y"], "n": 1})
+    assert scan.message == f"GET /r?password={REDACTED}&a=1"
+    assert scan.values == {"q": [f"password={REDACTED} y"], "n": 1}
+    assert [(v.rule_id, v.field, v.severity) for v in scan.violations] == [
+        ("R-1", "message", "Warning"),
+        ("R-1", "q", "Warning"),
+    ]
+    assert not scan.blocked
+
+
+def test_a_pattern_with_block_blocks_and_flag_only_keeps_the_text(tmp_path: Path) -> None:
+    gov = gov_of(
+        tmp_path,
+        [
+            rule(fields=None, patterns=["tok-[0-9]+"], action="Block"),
+            rule(ruleId="R-2", fields=None, patterns=["flag"]),
+        ],
+    )
+    scan = gov.scan_text("tok-1 flag", {})
+    assert scan.blocked and scan.message == "tok-1 flag"
+    assert [v.rule_id for v in scan.violations] == ["R-1", "R-2"]
+    assert gov.scan_text("nothing", {"a": {"b": "c"}}).violations == ()
+
+
+def test_text_beyond_the_scan_bound_is_cut_with_a_marker(tmp_path: Path) -> None:
+    gov = gov_of(tmp_path, [rule(fields=None, patterns=["secret"], action="Redact")])
+    text = "a" * MAX_SCAN_CHARS + "secret"
+    scan = gov.scan_text(text, {"v": text})
+    assert "secret" not in scan.message  # type: ignore[operator]
+    assert scan.message.startswith("a" * MAX_SCAN_CHARS)  # type: ignore[union-attr]
+    assert scan.message.endswith("6 more characters not scanned, removed]")  # type: ignore[union-attr]
+    assert scan.values["v"] == scan.message and scan.violations == ()
+
+
+def test_a_safe_pattern_stays_fast_on_the_longest_scanned_text(tmp_path: Path) -> None:
+    """No timing: the refused forms are what makes (a+)+$ slow; the accepted ones are linear."""
+    gov = gov_of(tmp_path, [rule(fields=None, patterns=[r"a+b", r"(?:ab|cd)+x"])])
+    assert gov.scan_text("a" * MAX_SCAN_CHARS, {}).violations == ()

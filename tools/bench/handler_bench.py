@@ -5,6 +5,7 @@ Run from the repository root::
     python tools/bench/handler_bench.py            # full run (~2 min)
     python tools/bench/handler_bench.py --quick    # smoke run (~20 s)
     python tools/bench/handler_bench.py --json     # machine-readable result on stdout
+    python tools/bench/handler_bench.py --governance   # the cost of pattern rules (~1 min)
 
 Workload, identical on every side (one call per record)::
 
@@ -31,6 +32,12 @@ one handler, which is closed after the row. Latency is ``time.perf_counter_ns``
 around each ``logger.info`` call (the timer itself costs ~0.1 µs, on both sides);
 p50/p99 are over all calls of all threads of the median-throughput repetition.
 Throughput is records / wall time from a barrier release to the last thread's end.
+
+``--governance`` runs ``interval``, 1 thread twice: with the repository's governance
+file (field rules only, no ``patterns``) and with the same file plus the pattern
+rules of :data:`PATTERN_RULES` (which the workload does not match: the cost of
+scanning the message and every string value). Each side is paired with its own
+FileHandler baseline, so both are ratios against a baseline of the same run.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class Row:
     baseline: str  # "json" | "json+fsync"
     records: int  # per run, all threads together
     target: Optional[float] = None  # required spool/baseline throughput ratio, if any
+    governance: str = "file"  # "file": cerbi_governance.json; "patterns": + PATTERN_RULES
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,43 @@ class Plan:
             Row("always", 4, "json+fsync", self.fsync_mt),
             Row("always", 8, "json+fsync", self.fsync_mt, target=5.0),
         ]
+
+
+GOVERNANCE_ROWS = [
+    Row("interval", 1, "json", 60_000, governance="file"),
+    Row("interval", 1, "json", 60_000, governance="patterns"),
+]
+# Pattern rules as an access-log or a token check would write them (none matches the workload)
+PATTERN_RULES = [
+    {
+        "ruleId": "SEC-URL",
+        "code": "Security",
+        "patterns": [r"(?<=password=)[^&\s]+", r"(?<=token=)[^&\s]+"],
+        "severity": "Critical",
+        "action": "Redact",
+    },
+    {
+        "ruleId": "SEC-KEY",
+        "code": "Security",
+        "patterns": [r"\bsk-[A-Za-z0-9]{20,}", r"\bAKIA[0-9A-Z]{16}\b"],
+        "severity": "Critical",
+        "action": "Block",
+    },
+]
+
+
+def governance_file(root: str, kind: str) -> str:
+    """The governance file of a row: the repository's, or it plus PATTERN_RULES."""
+    if kind == "file":
+        return GOVERNANCE
+    path = os.path.join(root, "cerbi_governance.patterns.json")
+    if not os.path.exists(path):
+        with open(GOVERNANCE, encoding="utf-8") as f:
+            doc = json.load(f)
+        doc["profiles"]["default"]["rules"].extend(PATTERN_RULES)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+    return path
 
 
 FULL = Plan(reps=5, fast=60_000, fsync1=2_000, fsync_mt=4_000)
@@ -217,7 +262,7 @@ def run_spool(root: str, row: Row, rep: int) -> Dict[str, Any]:
         tenant_id="bench-tenant",
         app_name="handler-bench",
         environment="bench",
-        governance_config_path=GOVERNANCE,
+        governance_config_path=governance_file(root, row.governance),
         fsync=row.mode,
         drain=False,
     )
@@ -271,6 +316,7 @@ def run_row(root: str, row: Row, reps: int) -> Dict[str, Any]:
     spool, base = med(spool_runs), med(base_runs)
     ratios = [s["rec_s"] / b["rec_s"] for s, b in zip(spool_runs, base_runs)]
     out = {
+        "governance": row.governance,
         "mode": row.mode,
         "threads": row.threads,
         "records_per_run": row.records,
@@ -285,7 +331,8 @@ def run_row(root: str, row: Row, reps: int) -> Dict[str, Any]:
         "baseline_runs": base_runs,
     }
     log(
-        f"  {row.mode:8s} x{row.threads}: {spool['rec_s']:9.0f} rec/s p50 {spool['p50_us']:7.1f}"
+        f"  {row.mode:8s} x{row.threads} {row.governance:8s}: {spool['rec_s']:9.0f} rec/s"
+        f" p50 {spool['p50_us']:7.1f}"
         f" p99 {spool['p99_us']:8.1f} µs | {row.baseline:10s} {base['rec_s']:9.0f} rec/s"
         f" p50 {base['p50_us']:7.1f} p99 {base['p99_us']:8.1f} µs | ratio {out['ratio']:.2f}"
         f" (per rep {', '.join(f'{r:.2f}' for r in ratios)})"
@@ -329,14 +376,15 @@ def markdown(res: Dict[str, Any]) -> str:
         f" total {res['elapsed_s']:.0f} s; 1-min load average"
         f" {m['loadavg_at_start'][0]:.2f} at start, {m['loadavg_at_end'][0]:.2f} at end.",
         "",
-        "| SpoolHandler fsync | threads | rec/s | µs/rec | p50 µs | p99 µs | baseline"
+        "| SpoolHandler fsync | governance | threads | rec/s | µs/rec | p50 µs | p99 µs | baseline"
         " | rec/s | µs/rec | p50 µs | p99 µs | ratio (rec/s) | ratio per rep |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in res["rows"]:
         s, b = r["spool"], r["base"]
         lines.append(
-            f"| {r['mode']} | {r['threads']} | {fmt(s['rec_s'])} | {s['us_per_rec']:.1f}"
+            f"| {r['mode']} | {r['governance']} | {r['threads']} | {fmt(s['rec_s'])}"
+            f" | {s['us_per_rec']:.1f}"
             f" | {s['p50_us']:.1f} | {s['p99_us']:.1f} | {r['baseline']}"
             f" | {fmt(b['rec_s'])} | {b['us_per_rec']:.1f} | {b['p50_us']:.1f}"
             f" | {b['p99_us']:.1f} | **{r['ratio']:.2f}** |"
@@ -356,13 +404,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer records, one repetition")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--governance", action="store_true", help="only the rows with and without patterns"
+    )
     parser.add_argument("--tmpdir", default=None, help="where the temp directory goes")
     parser.add_argument(
         "--only", default=None, help="comma list of rows, e.g. interval:1,always:8 (debugging)"
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    rows = plan.rows()
+    rows = GOVERNANCE_ROWS if args.governance else plan.rows()
     if args.only:
         wanted: List[Tuple[str, int]] = []
         for item in args.only.split(","):
