@@ -1,4 +1,4 @@
-"""`cerbispool`: the command line (CONTRACT §5). Commands print what the library returns.
+"""`cerbispool`: the command line (docs/CONTRACT.md §5). Commands print what the library returns.
 
 Output is text, or JSON with ``--json``, whatever stdout is (a terminal, a pipe, a
 file). ``drain`` draws its progress on stderr when stderr is a terminal. Also run

@@ -1,4 +1,4 @@
-"""Drainer: ships the spool to a transport, at least once (CONTRACT §2, §4).
+"""Drainer: ships the spool to a transport, at least once (docs/CONTRACT.md §2, §4).
 
 Order: read a batch from the cursor → send → the broker accepted → ack
 (cursor persisted, then acknowledged segments unlinked). A failure rewinds the

@@ -1,4 +1,4 @@
-"""The CerbiStream ScoringEventDto (schema 1.0, CONTRACT §1), built from a LogRecord. Pure.
+"""The CerbiStream ScoringEventDto (schema 1.0, docs/CONTRACT.md §1), built from a LogRecord. Pure.
 
 Key order is part of the contract; :data:`EVENT_KEYS` lists it and
 :func:`build_event` writes the keys in that order (do not reorder).

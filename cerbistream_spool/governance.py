@@ -1,6 +1,6 @@
 """cerbi_governance.json → immutable rules; ``check`` and ``apply_actions`` are pure.
 
-File format (CONTRACT §3, docs/GOVERNANCE.md)::
+File format (docs/CONTRACT.md §3, docs/GOVERNANCE.md)::
 
     {"profiles": {"<name>": {"rules": [
         {"ruleId": str, "code": str, "fields": [dotted path, ...] (optional with patterns),

@@ -1,4 +1,4 @@
-"""Hot reload of cerbi_governance.json with watchdog (CONTRACT §3).
+"""Hot reload of cerbi_governance.json with watchdog (docs/CONTRACT.md §3).
 
 A valid new version applies to the next record; an invalid one keeps the old
 rules and is reported once per distinct error. Editors that save by rename

@@ -1,6 +1,6 @@
 """SpoolHandler: ``emit`` = governance check → build the event → append to the spool.
 
-The contract (CONTRACT §4): ``emit`` never raises into the app and never
+The contract (docs/CONTRACT.md §4): ``emit`` never raises into the app and never
 touches the network; a returned ``emit`` is in the OS (``always``: on disk).
 Problems are counted in ``stats()`` and reported on stderr, rate-limited,
 never through ``logging`` (that would feed this handler).

@@ -61,7 +61,7 @@ _VANISHED_RETRIES = 5
 
 @dataclass
 class Problem:
-    """One finding, with where it was found (CONTRACT §5)."""
+    """One finding, with where it was found (docs/CONTRACT.md §5)."""
 
     lane: int
     segment: str

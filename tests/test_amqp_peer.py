@@ -48,7 +48,7 @@ def make_client(peer: LocalPeer, **kwargs: Any) -> ServiceBusClient:
 
 
 def contract_message(i: int = 0) -> ServiceBusMessage:
-    """A message shaped like CONTRACT.md §2."""
+    """A message shaped like docs/CONTRACT.md §2."""
     return ServiceBusMessage(
         f'{{"LogId": "id-{i:04d}", "n": {i}}}'.encode(),
         content_type="application/json",

@@ -2,7 +2,7 @@
 
 A child process (``tools/soak_spool.py child``, loaded through
 tests/spool_child.py) appends events and prints each returned seq and event
-id, line-flushed. CONTRACT §4: a returned append is in the OS in every fsync
+id, line-flushed. docs/CONTRACT.md §4: a returned append is in the OS in every fsync
 mode, so SIGKILL must lose none of them. After each kill the test process
 checks that ``verify`` is clean right away (an unclean close is a notice),
 then re-opens the spool (recovery), closes it, and checks: ``verify`` clean, no

@@ -1,7 +1,7 @@
 """The drainer end to end: SpoolHandler/Drainer/CLI → real azure-servicebus SDK → local peer.
 
 Every test starts its own AMQP peer (tools/amqp_peer) on a free 127.0.0.1 port
-and stops it. Assertions are on what the peer recorded (CONTRACT §2): every
+and stops it. Assertions are on what the peer recorded (docs/CONTRACT.md §2): every
 LogId arrives, the body is the spooled event as UTF-8 JSON, MessageId = LogId,
 content type ``application/json`` and the four application properties.
 Duplicates (at-least-once) must carry the same MessageId and the same body.

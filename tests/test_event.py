@@ -1,4 +1,4 @@
-"""ScoringEventDto building and serialisation (CONTRACT §1)."""
+"""ScoringEventDto building and serialisation (docs/CONTRACT.md §1)."""
 
 from __future__ import annotations
 

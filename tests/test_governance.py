@@ -1,4 +1,4 @@
-"""cerbi_governance.json loading, validation, check() and apply_actions() (CONTRACT §3)."""
+"""cerbi_governance.json loading, validation, check() and apply_actions() (docs/CONTRACT.md §3)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Soak (the default command)::
 
 Each cycle starts ``--writers`` writer processes (the ``child`` command) on one
 spool directory. A child appends events as fast as it can and prints every
-returned seq with the event's unique id, one flushed line each; CONTRACT §4
+returned seq with the event's unique id, one flushed line each; docs/CONTRACT.md §4
 says a returned append is in the OS, so a ``kill -9`` must not lose it. The
 parent SIGKILLs each child at a random moment from a seeded RNG — during
 start-up, right after it announces the open (lane lock, recovery, first

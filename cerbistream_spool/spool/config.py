@@ -18,7 +18,7 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    """Options of a spool writer; see docs/FORMAT.md and CONTRACT §4."""
+    """Options of a spool writer; see docs/FORMAT.md and docs/CONTRACT.md §4."""
 
     fsync: str = "interval"
     fsync_interval_s: float = 0.2
@@ -38,7 +38,7 @@ class SpoolConfig:
                 f"overflow must be one of {OVERFLOW_POLICIES}, not {self.overflow!r}"
             )
         if not 0 < self.fsync_interval_s <= 0.2:
-            raise SpoolConfigError("fsync_interval_s must be in (0, 0.2] (CONTRACT §4)")
+            raise SpoolConfigError("fsync_interval_s must be in (0, 0.2] (docs/CONTRACT.md §4)")
         if self.segment_max_bytes < 4096:
             raise SpoolConfigError("segment_max_bytes must be at least 4096")
         if self.segment_max_age_s <= 0:

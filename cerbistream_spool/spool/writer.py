@@ -1,6 +1,6 @@
 """SpoolWriter: appends records to this process's lane (docs/FORMAT.md §7).
 
-Order of operations (DESIGN-NOTES lesson 2):
+Order of operations (docs/FORMAT.md §7: nothing is unlinked before what replaces it is durable):
 
 - rotate: fsync + close the old segment → create the new one (header, fsync
   file, fsync directory) → only then write records into it;

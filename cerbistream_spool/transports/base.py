@@ -1,4 +1,4 @@
-"""The Transport protocol and the queue message built from a spooled record (CONTRACT §2)."""
+"""The Transport protocol and the queue message built from a record (docs/CONTRACT.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ServiceBusTransport: azure-servicebus sender with broker-sized batches (CONTRACT §2).
+"""ServiceBusTransport: azure-servicebus sender with broker-sized batches (docs/CONTRACT.md §2).
 
 One client and sender stay open across batches and are reopened after any
 failure. Batches come from ``create_message_batch()`` so the size limit is the
