@@ -196,7 +196,7 @@ class Drainer:
         stats.batches += 1
         stats.delivered += len(messages) - len(rejected)
         stats.last_delivery_unix = time.time()
-        stats.last_error = self._loss_note
+        stats.last_error = self._loss_note or self.reader.losses_error
         return len(messages) - len(rejected)
 
     def _record_damage(self, damage: Damage) -> None:
