@@ -165,7 +165,8 @@ class Drainer:
         delivered = 0
         while not self._stop.is_set():
             batch = self.reader.read_batch(self.batch_max_records, self._batch_bytes())
-            if batch is None:
+            if batch is None:  # idle lanes were removed (or kept: reader.losses_error)
+                self._stats.last_error = self._loss_note or self.reader.losses_error
                 break
             try:
                 delivered += self._ship(batch)

@@ -10,9 +10,9 @@ Losses outlive delivery: before a segment holding gap records is unlinked (or a
 delivered lane removed), its gaps are appended to the losses ledger and fsynced
 (spool/losses.py): ledger → cursor → unlink. The reader notes the gap records of
 every segment it scans from the header, so this costs no extra read. When the
-ledger cannot be written (a full disk), that segment and the later ones are kept
-and pinned (``drop_oldest`` spares them) and the next ack tries again; acks and
-delivery go on.
+ledger cannot be written (a full disk), the segments holding gaps are kept and
+pinned (``drop_oldest`` spares them) and the next ack tries again; the others are
+unlinked, and acks and delivery go on.
 
 Corruption is never skipped silently. Every bad frame or header goes into
 :attr:`SpoolReader.problems`; when valid records follow it (in the same
@@ -249,22 +249,22 @@ class SpoolReader:
 
     def _record_losses(self, lane: int, pos: _Position, paths: List[str]) -> List[str]:
         """Record the gaps of ``paths`` (delivered, about to be unlinked) in the ledger;
-        returns the leading ones that may go. On failure the first segment holding a gap
-        and every later one stay, pinned, for the next try."""
+        returns the ones that may go. On failure the segments holding gaps stay, pinned
+        (``drop_oldest`` spares them), for the next ack to try again; the others go."""
         found = [self._gaps_of(lane, pos, path) for path in paths]
         entries = [entry for gaps in found for entry in gaps]
         if entries:
             try:
                 record_gaps(self.spool_dir, entries)
             except OSError as exc:
-                keep = next(i for i, gaps in enumerate(found) if gaps)
-                for path in paths[keep:]:
-                    self._hold(path)
+                for path, gaps in zip(paths, found):
+                    if gaps:
+                        self._hold(path)
                 self.losses_error = (
                     f"cannot record delivered gap records in losses/ledger ({exc}); their"
                     " segments are kept until it can"
                 )
-                return paths[:keep]
+                return [path for path, gaps in zip(paths, found) if not gaps]
             self.losses_error = None
         return paths
 
