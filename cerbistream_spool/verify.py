@@ -381,8 +381,8 @@ class _LaneCheck:
     ) -> None:
         """Sequence ranges missing from this lane that no gap record (of any lane, or in the
         ledger: ``(first, last, ts_ns)``, written after the segment was made) explains."""
-        for lo, hi, name, created_ns in self.holes:
-            lo = max(lo, self.cursor.acked_seq + 1)  # delivered records left: no loss
+        for first, hi, name, created_ns in self.holes:
+            lo = max(first, self.cursor.acked_seq + 1)  # delivered records left: no loss
             if lo > hi:
                 continue
             ranges = covered + [(f, t) for f, t, ts_ns in recorded if ts_ns >= created_ns]
