@@ -1,7 +1,8 @@
 """Drainer: ships the spool to a transport, at least once (CONTRACT §2, §4).
 
 Order: read a batch from the cursor → send → the broker accepted → ack
-(cursor persisted, then acknowledged segments unlinked). A failure rewinds the
+(gap records of the segments it frees copied to losses/ledger, cursor
+persisted, then acknowledged segments unlinked; spool/reader.py). A failure rewinds the
 reader to the cursor, so the batch is sent again (same MessageIds).
 
 - ``run_once()`` ships what is pending now and raises on failure (tests, CLI).

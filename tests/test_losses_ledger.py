@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
@@ -28,7 +29,7 @@ from cerbistream_spool.drain import Drainer
 from cerbistream_spool.errors import SpoolFullError
 from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
 from cerbistream_spool.spool.chain import GENESIS, Chain
-from cerbistream_spool.spool.lanes import list_lanes
+from cerbistream_spool.spool.lanes import lane_dir, list_lanes
 from cerbistream_spool.spool.losses import (
     LEDGER_FILE,
     LOSSES_DIR,
@@ -38,6 +39,7 @@ from cerbistream_spool.spool.losses import (
     record_gaps,
 )
 from cerbistream_spool.spool.record import Kind, Record, canonical_bytes, encode_body, encode_frame
+from cerbistream_spool.spool.segments import list_segments
 from cerbistream_spool.status import status
 from cerbistream_spool.transports.memory import MemoryTransport
 from cerbistream_spool.transports.servicebus import ServiceBusTransport
@@ -297,3 +299,28 @@ def test_a_full_disk_keeps_the_gap_in_its_lane_and_delivery_goes_on(tmp_path: Pa
     freed = out["freed"]
     assert freed["lanes"] == [] and freed["last_error"] is None, freed
     assert freed["recorded_losses"]["by_reason"] == {"overflow": {"gaps": 1, "records": refused}}
+
+
+def test_a_ledger_gap_explains_a_hole_only_in_segments_older_than_the_gap(
+    spool_dir: str,
+) -> None:
+    """A drainer's corruption gap for lane 0, delivered from its own lane, still explains
+    lane 0's hole; the gap of an older chain on a reused lane id does not."""
+    with SpoolWriter(spool_dir, ROOMY) as writer:
+        for i in range(90):
+            writer.append(event(i))
+    segs = list_segments(lane_dir(spool_dir, 0))
+    os.unlink(segs[1][1])
+    lo, hi = segs[1][0], segs[2][0] - 1
+    assert [p.kind for p in verify(spool_dir).problems] == ["missing-segment"]
+    fields = {"reason": "corruption", "count": hi - lo + 1, "first_seq": lo, "last_seq": hi}
+    body = encode_body({**fields, "lane": 0, "detail": "quarantined"})
+
+    def entry(ts_ns: int, seq: int) -> LedgerEntry:
+        digest = Chain(None).digest(GENESIS, canonical_bytes(seq, Kind.GAP, ts_ns, body))
+        return LedgerEntry.of(5, Record(seq, Kind.GAP, ts_ns, GENESIS, digest, body), False)
+
+    record_gaps(spool_dir, [entry(1, 1)])  # written long before lane 0's segments
+    assert [p.kind for p in verify(spool_dir).problems] == ["missing-segment"]
+    record_gaps(spool_dir, [entry(time.time_ns(), 2)])
+    assert verify(spool_dir).valid

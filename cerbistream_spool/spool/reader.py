@@ -75,6 +75,7 @@ from cerbistream_spool.spool.segments import (
 __all__ = ["Batch", "Damage", "SpoolReader", "oldest_pending_ns", "pending_events"]
 
 _MAX_PROBLEMS = 1000
+_GAP = int(Kind.GAP)  # a plain int: compared once per record read
 _REMOVING = ".removing-"
 
 
@@ -418,7 +419,7 @@ class SpoolReader:
                     rec = decode_payload(frame.payload)
                     if isinstance(rec, Record):
                         pos.offset, pos.prev_seq = frame.end, rec.seq
-                        if rec.kind == Kind.GAP and path in pos.scanned:
+                        if rec.kind == _GAP and path in pos.scanned:
                             pos.gaps[path][rec.seq] = LedgerEntry.of(lane, rec, keyed)
                         if rec.seq > pos.last_read:
                             pos.last_read = rec.seq
