@@ -504,7 +504,9 @@ def _print_report(spool_dir: str, report: VerifyReport) -> None:
         click.echo(f"  notice {n.kind}: lane {n.lane} {n.segment} @{n.offset}: {n.detail}")
     for gap in report.gaps:
         click.echo(
-            f"  gap (lane {gap['lane']} seq {gap['seq']}): {gap.get('reason')}"
+            f"  gap (lane {gap['lane']} seq {gap['seq']}"
+            f"{', delivered, in losses/ledger' if gap.get('source') == 'ledger' else ''}):"
+            f" {gap.get('reason')}"
             f" {gap.get('count')} record(s) {gap.get('first_seq')}..{gap.get('last_seq')}"
         )
     for name in report.quarantined:
@@ -539,6 +541,13 @@ def status_cmd(spool_dir: str, as_json: bool) -> None:
         click.echo(f"  quarantined: {name}")
     for name in doc["foreign"]:
         click.echo(f"  foreign: {name} (not a lane, segment or cursor; left alone)")
+    losses = doc["recorded_losses"]
+    for reason, counts in sorted(losses["by_reason"].items()):
+        click.echo(
+            f"  recorded loss {reason}: {counts['records']} record(s) in {counts['gaps']} gap(s)"
+        )
+    for problem in losses["problems"]:
+        click.echo(f"  losses ledger problem: {problem}")
 
 
 @main.command("tail")

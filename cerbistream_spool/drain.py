@@ -1,7 +1,8 @@
 """Drainer: ships the spool to a transport, at least once (docs/CONTRACT.md §2, §4).
 
 Order: read a batch from the cursor → send → the broker accepted → ack
-(cursor persisted, then acknowledged segments unlinked). A failure rewinds the
+(gap records of the segments it frees copied to losses/ledger, cursor
+persisted, then acknowledged segments unlinked; spool/reader.py). A failure rewinds the
 reader to the cursor, so the batch is sent again (same MessageIds).
 
 - ``run_once()`` ships what is pending now and raises on failure (tests, CLI).
@@ -175,7 +176,8 @@ class Drainer:
         delivered = 0
         while not self._stop.is_set():
             batch = self.reader.read_batch(self.batch_max_records, self._batch_bytes())
-            if batch is None:
+            if batch is None:  # idle lanes were removed (or kept: reader.losses_error)
+                self._stats.last_error = self._loss_note or self.reader.losses_error
                 break
             try:
                 delivered += self._ship(batch)
@@ -206,7 +208,7 @@ class Drainer:
         stats.batches += 1
         stats.delivered += len(messages) - len(rejected)
         stats.last_delivery_unix = time.time()
-        stats.last_error = self._loss_note
+        stats.last_error = self._loss_note or self.reader.losses_error
         self.retry_at = None
         if self._progress is not None:
             self._progress(len(messages) - len(rejected))

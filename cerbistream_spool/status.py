@@ -1,7 +1,8 @@
 """status(spool_dir) → what ``cerbispool status`` prints: lanes, segments, pending, errors.
 
 Reads each lane's cursor and sizes, and the records above the cursor (to count
-pending events exactly; markers and gap records are not events).
+pending events exactly; markers and gap records are not events), and the totals of
+the losses ledger (spool/losses.py): every loss whose gap record was delivered.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cerbistream_spool.spool.lanes import (
     lane_is_live,
     list_lanes,
 )
+from cerbistream_spool.spool.losses import read_ledger
 from cerbistream_spool.spool.reader import pending_events
 from cerbistream_spool.spool.recovery import scan_tail
 from cerbistream_spool.spool.segments import list_segments
@@ -64,6 +66,7 @@ def status(spool_dir: str) -> Dict[str, Any]:
     ages = [ln["oldest_pending_age_s"] for ln in lanes if ln["oldest_pending_age_s"] is not None]
     qdir = os.path.join(spool_dir, QUARANTINE_DIR)
     drain = read_drain_status(spool_dir) or {}
+    ledger = read_ledger(spool_dir)
     return {
         "spool_dir": os.path.abspath(spool_dir),
         "lanes": lanes,
@@ -76,6 +79,12 @@ def status(spool_dir: str) -> Dict[str, Any]:
         "foreign": foreign_entries(spool_dir),
         "last_error": drain.get("last_error"),
         "last_delivery_unix": drain.get("last_delivery_unix"),
+        "recorded_losses": {
+            "by_reason": ledger.totals,
+            "gaps": sum(t.get("gaps", 0) for t in ledger.totals.values()),
+            "records": sum(t.get("records", 0) for t in ledger.totals.values()),
+            "problems": [f"{p.file} @{p.offset}: {p.kind}: {p.detail}" for p in ledger.problems],
+        },
     }
 
 

@@ -12,6 +12,12 @@ short before its header) is a :class:`Notice` (``unclean-close``), not a
 problem: ``valid`` stays True. With a key, every segment must be keyed and
 check under it. Gap records that name another lane (``lane``) explain holes in
 that lane.
+
+Gap records of delivered segments live on in the losses ledger (spool/losses.py):
+they are listed with the lane's own (``source: "ledger"``), their hashes checked
+again, and they explain holes like in-lane gaps — only in segments created before
+the gap was written, so the gaps of a removed lane never explain holes of a new
+chain that reuses its id. A damaged ledger frame is a problem naming the file.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS, Chain
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
@@ -31,11 +37,13 @@ from cerbistream_spool.spool.lanes import (
     lane_is_live,
     list_lanes,
 )
+from cerbistream_spool.spool.losses import LedgerEntry, read_ledger
 from cerbistream_spool.spool.record import (
     FrameStatus,
     Kind,
     Record,
     ScanBudget,
+    canonical_bytes,
     decode_body,
     decode_payload,
     find_next_frame,
@@ -125,9 +133,14 @@ def verify(spool_dir: str, key: Optional[bytes] = None) -> VerifyReport:
         )
         return report
     covered: Dict[int, List[Tuple[int, int]]] = {}
-    checks = [_check_lane(spool_dir, lane, key, report, covered) for lane in list_lanes(spool_dir)]
+    in_lanes: Set[Tuple[int, int, bytes]] = set()  # (lane, seq, hash) of gap records on disk
+    checks = [
+        _check_lane(spool_dir, lane, key, report, covered, in_lanes)
+        for lane in list_lanes(spool_dir)
+    ]
+    recorded = _check_ledger(spool_dir, key, report, in_lanes)
     for check in checks:  # a gap in any lane may explain a hole (a drainer's corruption gap)
-        check.report_holes(covered.get(check.lane, []))
+        check.report_holes(covered.get(check.lane, []), recorded.get(check.lane, []))
     qdir = os.path.join(spool_dir, QUARANTINE_DIR)
     report.quarantined = sorted(name for name, _ in list_entries(qdir))
     report.foreign = foreign_entries(spool_dir)
@@ -140,6 +153,7 @@ def _check_lane(
     key: Optional[bytes],
     report: VerifyReport,
     covered: Dict[int, List[Tuple[int, int]]],
+    in_lanes: Set[Tuple[int, int, bytes]],
 ) -> _LaneCheck:
     """Check one lane into ``report``. A drainer acking the lane meanwhile (cursor first, then
     unlinking segments) can make a listed segment vanish: the lane is then checked again."""
@@ -161,6 +175,7 @@ def _check_lane(
     report.signatures = scratch.signatures
     for target, found in ranges.items():
         covered.setdefault(target, []).extend(found)
+    in_lanes.update(check.gap_keys)
     check.report = report  # report_holes() adds to the real report
     return check
 
@@ -185,7 +200,8 @@ class _LaneCheck:
         self.prev: Optional[Record] = None  # last valid record, None after a break
         self.last: Optional[Record] = None  # last valid record seen at all
         self.resynced = False
-        self.holes: List[Tuple[int, int, str]] = []
+        self.holes: List[Tuple[int, int, str, int]] = []  # lo, hi, segment, its created_ns
+        self.gap_keys: Set[Tuple[int, int, bytes]] = set()
         self.covered = covered  # lane -> seq ranges explained by gap records (every lane's)
         self.torn: Optional[Tuple[str, int, str]] = None  # unclean end: segment, offset, detail
         self.cursor = Cursor(lane)
@@ -255,7 +271,7 @@ class _LaneCheck:
             self.problem(
                 name, 0, base, "signature", "segment is not keyed (written without the key)"
             )
-        self.link_segment(name, base, header.anchor)
+        self.link_segment(name, base, header.anchor, header.created_ns)
         anchor: Optional[bytes] = header.anchor
         offset = HEADER_SIZE
         first = True
@@ -290,7 +306,7 @@ class _LaneCheck:
             self.record(name, offset, rec, anchor, header.keyed)
             anchor, first, offset = rec.hash, False, frame.end
 
-    def link_segment(self, name: str, base: int, anchor: bytes) -> None:
+    def link_segment(self, name: str, base: int, anchor: bytes, created_ns: int) -> None:
         prev = self.prev
         if prev is None:
             if self.last is None:  # first segment present in the lane
@@ -298,7 +314,7 @@ class _LaneCheck:
                 if base == 1 and anchor != GENESIS:
                     self.problem(name, 0, base, "chain", "first segment does not anchor at genesis")
                 if base > acked + 1:
-                    self.holes.append((acked + 1, base - 1, name))
+                    self.holes.append((acked + 1, base - 1, name, created_ns))
                 elif acked and base == acked + 1 and anchor != self.cursor.acked_hash:
                     self.problem(name, 0, base, "cursor", "cursor hash differs from segment anchor")
             return
@@ -307,7 +323,7 @@ class _LaneCheck:
                 name, 0, base, "format", f"segment overlaps seq {prev.seq} of the previous"
             )
         elif base > prev.seq + 1:
-            self.holes.append((prev.seq + 1, base - 1, name))
+            self.holes.append((prev.seq + 1, base - 1, name, created_ns))
         elif anchor != prev.hash:
             self.problem(name, 0, base, "chain", "anchor is not the previous segment's last hash")
 
@@ -319,21 +335,14 @@ class _LaneCheck:
         if rec.kind == Kind.GAP:
             body = _safe_body(rec.body)
             if isinstance(body, dict):
-                self.report.gaps.append({"lane": self.lane, "seq": rec.seq, **body})
-                first, last = body.get("first_seq"), body.get("last_seq")
-                # a dead-letter gap names a record that is still on disk (maybe in another
-                # lane): it explains no hole; any other gap explains the range it names, in
-                # the lane it names (a drainer records corruption of lane X in its own lane)
-                explains_hole = body.get("reason") != "dead-letter"
-                target = body.get("lane", self.lane)
-                if (
-                    explains_hole
-                    and isinstance(target, int)
-                    and isinstance(first, int)
-                    and isinstance(last, int)
-                    and first <= last
-                ):
-                    self.covered.setdefault(target, []).append((first, last))
+                fields = _gap_fields(body)
+                self.report.gaps.append(
+                    {"lane": self.lane, "seq": rec.seq, **fields, "source": "lane"}
+                )
+                self.gap_keys.add((self.lane, rec.seq, rec.hash))
+                explained = _explained(fields, self.lane)
+                if explained is not None:
+                    self.covered.setdefault(explained[0], []).append(explained[1:])
         prev = self.prev
         if not self.resynced:
             if anchor is not None and rec.prev_hash != anchor:
@@ -367,10 +376,17 @@ class _LaneCheck:
 
     # -- lane end ---------------------------------------------------------------------------
 
-    def report_holes(self, covered: List[Tuple[int, int]]) -> None:
-        """Sequence ranges missing from this lane that no gap record (of any lane) explains."""
-        for lo, hi, name in self.holes:
-            if not _covered(lo, hi, covered):
+    def report_holes(
+        self, covered: List[Tuple[int, int]], recorded: List[Tuple[int, int, int]]
+    ) -> None:
+        """Sequence ranges missing from this lane that no gap record (of any lane, or in the
+        ledger: ``(first, last, ts_ns)``, written after the segment was made) explains."""
+        for first, hi, name, created_ns in self.holes:
+            lo = max(first, self.cursor.acked_seq + 1)  # delivered records left: no loss
+            if lo > hi:
+                continue
+            ranges = covered + [(f, t) for f, t, ts_ns in recorded if ts_ns >= created_ns]
+            if not _covered(lo, hi, ranges):
                 self.problem(name, 0, lo, "missing-segment", f"records {lo}..{hi} are missing")
 
     def finish(self, segments: List[Tuple[int, str]]) -> None:
@@ -423,6 +439,95 @@ class _LaneCheck:
                 last.ts_ns if last else None,
             )
         )
+
+
+def _check_ledger(
+    spool_dir: str,
+    key: Optional[bytes],
+    report: VerifyReport,
+    in_lanes: Set[Tuple[int, int, bytes]],
+) -> Dict[int, List[Tuple[int, int, int]]]:
+    """List the ledger's gaps (those not also still in a lane), check their hashes, report
+    damaged frames; returns the ranges they explain: lane -> [(first, last, ts_ns)]."""
+    ledger = read_ledger(spool_dir)
+    for problem in ledger.problems:
+        report.problems.append(
+            Problem(-1, problem.file, problem.offset, None, problem.kind, problem.detail)
+        )
+    sha, mac = Chain(None), Chain(key) if key else None
+    explains: Dict[int, List[Tuple[int, int, int]]] = {}
+    for entry in ledger.entries:
+        if entry.key in in_lanes:  # recorded, then a crash before its segment was unlinked
+            continue
+        _check_entry(entry, sha, mac, report)
+        body = entry.gap()
+        fields = _gap_fields(body) if body is not None else {}
+        report.gaps.append(
+            {
+                "lane": entry.lane,
+                "seq": entry.seq,
+                **fields,
+                "source": "ledger",
+                "recorded_ns": entry.recorded_ns,
+            }
+        )
+        explained = _explained(fields, entry.lane)
+        if explained is not None:
+            target, first, last = explained
+            explains.setdefault(target, []).append((first, last, entry.ts_ns))
+    return explains
+
+
+def _check_entry(
+    entry: LedgerEntry, sha: Chain, mac: Optional[Chain], report: VerifyReport
+) -> None:
+    """The entry's chain hash, as verify checks the record it copies."""
+    canonical = canonical_bytes(entry.seq, Kind.GAP, entry.ts_ns, entry.body)
+    where = f"losses/ledger gap of lane {entry.lane}"
+    if not entry.keyed:
+        if not sha.matches(entry.prev_hash, canonical, entry.hash):
+            detail = f"{where}: sha256 does not match the record"
+            report.problems.append(Problem(entry.lane, "losses", 0, entry.seq, "chain", detail))
+    elif mac is not None:
+        if report.signatures == "none":
+            report.signatures = "checked"
+        if not mac.matches(entry.prev_hash, canonical, entry.hash):
+            detail = f"{where}: HMAC-SHA256 does not match"
+            report.problems.append(Problem(entry.lane, "losses", 0, entry.seq, "signature", detail))
+    elif report.signatures == "none":
+        report.signatures = "unchecked"
+
+
+_GAP_FIELDS: Dict[str, Tuple[type, ...]] = {
+    "reason": (str,),
+    "count": (int,),
+    "first_seq": (int, type(None)),
+    "last_seq": (int, type(None)),
+    "lane": (int,),
+    "detail": (str,),
+}
+
+
+def _gap_fields(body: Dict[Any, Any]) -> Dict[str, Any]:
+    """The gap fields of FORMAT.md §4.2 that have their type (a hostile body stays JSON)."""
+    return {
+        name: body[name]
+        for name, types in _GAP_FIELDS.items()
+        if name in body and isinstance(body[name], types) and not isinstance(body[name], bool)
+    }
+
+
+def _explained(fields: Dict[str, Any], lane: int) -> Optional[Tuple[int, int, int]]:
+    """``(lane, first, last)`` a gap explains, None for none.
+
+    A dead-letter gap names a record that is still on disk (maybe in another lane): it
+    explains no hole; any other gap explains the range it names, in the lane it names
+    (a drainer records corruption of lane X in its own lane).
+    """
+    first, last = fields.get("first_seq"), fields.get("last_seq")
+    if fields.get("reason") == "dead-letter" or first is None or last is None or first > last:
+        return None
+    return fields.get("lane", lane), first, last
 
 
 def _safe_body(body: bytes) -> Any:

@@ -141,8 +141,8 @@ def test_a_child_forked_while_a_thread_holds_the_reporter_lock_still_reports() -
 FULL_DISK_APP = Path(__file__).resolve().parent / "full_disk_app.py"
 
 
-def _on_a_full_tmpfs(tmp_path: Path) -> Dict[str, Any]:
-    """Run tests/full_disk_app.py on a 512 KiB tmpfs in a private mount namespace."""
+def _on_a_full_tmpfs(tmp_path: Path, app: Path = FULL_DISK_APP) -> Dict[str, Any]:
+    """Run ``app`` (tests/full_disk_app.py) on a 512 KiB tmpfs in a private mount namespace."""
     unshare = shutil.which("unshare")
     if unshare is None:
         pytest.skip("needs unshare(1) to mount a small tmpfs")
@@ -159,7 +159,7 @@ def _on_a_full_tmpfs(tmp_path: Path) -> Dict[str, Any]:
             "sh",
             str(mount),
             sys.executable,
-            str(FULL_DISK_APP),
+            str(app),
             str(mount),
         ],
         capture_output=True,

@@ -2,11 +2,13 @@
 
 ``status``, ``verify``, ``tail``, ``tail --all`` and a drain to JSON lines
 (``verify --replay --to FILE``) over seeded hostile bodies, damaged segments, cursors,
-drain-status files and stray lanes; ``python -m tools.fuzz_cli --cases N`` runs many more.
+drain-status files, stray lanes and damaged losses ledgers; ``python -m tools.fuzz_cli
+--cases N`` runs many more.
 """
 
 from __future__ import annotations
 
+import json
 import random
 
 import msgpack
@@ -15,11 +17,20 @@ from click.testing import CliRunner
 
 from cerbistream_spool.cli import main
 from cerbistream_spool.spool import SpoolWriter
+from cerbistream_spool.spool.record import Kind
 from tools.fuzz_cli import DAMAGE, hostile_body, make_pristine, run_cases
 
 
 def test_fuzz_reading_commands_fast_tier(tmp_path) -> None:
     failures = run_cases(range(20), str(tmp_path))
+    assert not failures, "\n".join(failures)
+
+
+def test_fuzz_a_damaged_losses_ledger_never_gives_a_traceback(tmp_path) -> None:
+    """``losses/ledger`` with hostile entries, damaged frames, a hostile header, random
+    bytes, or a directory or symlink in its place (tools/fuzz_cli.py ``ledger``)."""
+    ledger = DAMAGE.index("ledger")
+    failures = run_cases(range(ledger, ledger + 20 * len(DAMAGE), len(DAMAGE)), str(tmp_path))
     assert not failures, "\n".join(failures)
 
 
@@ -59,3 +70,22 @@ def test_a_hostile_body_is_kept_as_text_not_dropped_by_tail(spool_dir: str) -> N
         writer.append_body(hostile_body(random.Random(7)))
     result = CliRunner().invoke(main, ["tail", spool_dir, "--all"])
     assert result.exit_code == 0 and result.exception is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        msgpack.packb({"reason": "overflow", b"k": b"v", "count": 2}, use_bin_type=True),
+        msgpack.packb({"reason": b"\xff", "first_seq": 1.5, "last_seq": [1]}, use_bin_type=True),
+    ],
+)
+def test_a_hostile_gap_body_in_a_lane_keeps_verify_json_printable(
+    spool_dir: str, body: bytes
+) -> None:
+    """verify lists a gap's FORMAT.md §4.2 fields that have their type, nothing else."""
+    with SpoolWriter(spool_dir) as writer:
+        writer.append_body(body, Kind.GAP)
+    result = CliRunner().invoke(main, ["verify", spool_dir, "--json"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    (gap,) = json.loads(result.stdout)["gaps"]
+    assert set(gap) <= {"lane", "seq", "source", "reason", "count", "first_seq", "last_seq"}

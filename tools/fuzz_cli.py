@@ -12,7 +12,11 @@ or takes longer than ``--case-timeout`` seconds. The damage:
 - ``segment``: random bytes written over, inserted into or cut from a segment;
 - ``cursor``: random cursor bytes;
 - ``status``: random ``drain-status.json`` bytes;
-- ``new-lane``: a lane whose only segment is random bytes.
+- ``new-lane``: a lane whose only segment is random bytes;
+- ``ledger``: a losses ledger (``losses/ledger``) of entries with hostile gap bodies,
+  hashes and fields, then random bytes written over, inserted into or cut from it, a
+  frame with a valid checksum over hostile msgpack, random bytes, or a directory or
+  symlink in its place; and hostile gap records in a lane.
 
 Usage::
 
@@ -42,11 +46,19 @@ from click.testing import CliRunner
 from cerbistream_spool.cli import main as cli_main
 from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
 from cerbistream_spool.spool.lanes import lane_dir
+from cerbistream_spool.spool.losses import (
+    FORMAT_NAME,
+    LEDGER_FILE,
+    LOSSES_DIR,
+    LedgerEntry,
+    record_gaps,
+)
+from cerbistream_spool.spool.record import Kind, encode_frame
 from cerbistream_spool.spool.segments import HEADER_SIZE, list_segments
 
 __all__ = ["DAMAGE", "COMMANDS", "damage", "hostile_body", "make_pristine", "run_case", "run_cases"]
 
-DAMAGE = ("body", "segment", "cursor", "status", "new-lane")
+DAMAGE = ("body", "segment", "cursor", "status", "new-lane", "ledger")
 COMMANDS = (
     ["status", "--json"],
     ["status"],
@@ -136,10 +148,79 @@ def damage(spool: str, rng: random.Random, how: str) -> None:
     elif how == "status":
         with open(os.path.join(spool, "drain-status.json"), "wb") as fh:
             fh.write(rng.choice([rng.randbytes(30), b"[" * 100_000, b'{"last_error": 1}']))
+    elif how == "ledger":
+        _damage_ledger(spool, rng)
     else:
         os.makedirs(lane_dir(spool, 9))
         with open(os.path.join(lane_dir(spool, 9), "00000000000000000001.seg"), "wb") as fh:
             fh.write(rng.randbytes(rng.randrange(600)))
+
+
+def _gap_body(rng: random.Random) -> bytes:
+    """A gap body: well-formed with hostile values, or any hostile msgpack."""
+    if rng.random() < 0.5:
+        return hostile_body(rng)
+    huge = [0, 1, 2**64 - 1, -1, None, "7", True, 2**63]
+    body = {
+        "reason": rng.choice(["overflow", "dead-letter", 3, None, "é" * 50]),
+        "count": rng.choice(huge),
+        "first_seq": rng.choice(huge),
+        "last_seq": rng.choice(huge),
+        "lane": rng.choice([0, 1, 9, -1, 2**64 - 1, "0"]),
+        "detail": _tree(rng, 0),
+    }
+    return msgpack.packb(body, use_bin_type=True, strict_types=False)
+
+
+def _damage_ledger(spool: str, rng: random.Random) -> None:
+    entries = [
+        LedgerEntry(
+            rng.choice([0, 1, 9, 2**63 - 1]),
+            rng.randrange(0, 60),
+            rng.choice([0, -(2**63), 2**63 - 1]),
+            rng.randbytes(32),
+            rng.randbytes(32),
+            rng.random() < 0.3,
+            _gap_body(rng),
+            rng.randrange(1, 2**62),
+        )
+        for _ in range(rng.randrange(1, 6))
+    ]
+    record_gaps(spool, entries)
+    if rng.random() < 0.3:
+        with SpoolWriter(spool, _CONFIG) as writer:
+            writer.append_body(_gap_body(rng), Kind.GAP)
+    path = os.path.join(spool, LOSSES_DIR, LEDGER_FILE)
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    op = rng.randrange(7)
+    at = rng.randrange(len(data) + 1)
+    blob = rng.randbytes(rng.randrange(1, 64))
+    if op == 0:
+        data[at : at + len(blob)] = blob
+    elif op == 1:
+        data[at:at] = blob
+    elif op == 2:
+        del data[max(0, at - len(blob)) : at]
+    elif op == 3:
+        keys = ("lane", "seq", "ts_ns", "prev_hash", "hash", "keyed", "body", "recorded_ns")
+        hostile = {key: _tree(rng, 0) for key in keys}
+        if rng.random() < 0.5:  # a header that is one in name only
+            hostile = {"format": FORMAT_NAME, "version": 1, "carried": _tree(rng, 0)}
+            data = bytearray()
+        hostile["pad"] = "x" * 80  # past the smallest payload the framing allows
+        data += encode_frame(msgpack.packb(hostile, use_bin_type=True, strict_types=False))
+    elif op == 4:
+        data = bytearray(rng.randbytes(rng.randrange(600)))
+    if op == 5:
+        os.unlink(path)
+        os.mkdir(path)
+    elif op == 6:
+        os.unlink(path)
+        os.symlink("/dev/zero", path)
+    else:
+        with open(path, "wb") as fh:
+            fh.write(bytes(data))
 
 
 def _bounded(fn: Callable[[], Any], timeout: float) -> Any:

@@ -7,6 +7,7 @@
       locks/drain.lock       held by the one drainer shipping this spool
       lanes/0000/            segments + cursor of lane 0
       quarantine/            segments that failed their checks, kept for a human
+      losses/ledger          gap records of delivered segments (spool/losses.py)
 
 Anything else under ``lanes/`` (a file or symlink named like a lane, a name that is
 not four ASCII digits) is *foreign*: left alone, never read, listed by ``status`` and
@@ -33,6 +34,7 @@ from filelock import FileLock, Timeout
 
 from cerbistream_spool.errors import LaneUnavailableError, SpoolError
 from cerbistream_spool.spool.fsio import FILE_MODE, ensure_dir, list_entries, open_regular
+from cerbistream_spool.spool.losses import ledger_foreign
 from cerbistream_spool.spool.segments import lane_foreign
 
 __all__ = [
@@ -151,7 +153,7 @@ def list_lanes(spool_dir: str) -> List[int]:
 
 
 def foreign_entries(spool_dir: str) -> List[str]:
-    """Everything in the spool's lane tree that is not a lane, segment or cursor, sorted."""
+    """Everything in the spool's lane tree (and ``losses/``) that is not ours, sorted."""
     lanes, foreign = scan_lanes(spool_dir)
     for name in (LANES_DIR, LOCKS_DIR, QUARANTINE_DIR):
         try:
@@ -162,6 +164,7 @@ def foreign_entries(spool_dir: str) -> List[str]:
     for lane in lanes:
         prefix = f"{LANES_DIR}/{lane:04d}/"
         foreign.extend(prefix + name for name in lane_foreign(lane_dir(spool_dir, lane)))
+    foreign.extend(ledger_foreign(spool_dir))
     return sorted(foreign)
 
 

@@ -3,8 +3,16 @@
 The reader keeps one position per lane in memory and reads segments through
 ``mmap``, one batch at a time, so a large backlog is never loaded. It reads
 the active segment up to its last complete record. ``ack`` persists the cursor
-(temp, fsync, rename, fsync dir) and only then unlinks fully acknowledged
-segments; a lane with nothing pending and no live writer is removed.
+(in place, spool/cursor.py) and only then unlinks fully acknowledged segments; a
+lane with nothing pending and no live writer is removed.
+
+Losses outlive delivery: before a segment holding gap records is unlinked (or a
+delivered lane removed), its gaps are appended to the losses ledger and fsynced
+(spool/losses.py): ledger → cursor → unlink. The reader notes the gap records of
+every segment it scans from the header, so this costs no extra read. When the
+ledger cannot be written (a full disk), the segments holding gaps are kept and
+pinned (``drop_oldest`` spares them) and the next ack tries again; the others are
+unlinked, and acks and delivery go on.
 
 Corruption is never skipped silently. Every bad frame or header goes into
 :attr:`SpoolReader.problems`; when valid records follow it (in the same
@@ -46,6 +54,7 @@ from cerbistream_spool.spool.lanes import (
     owner_lock,
     pin_segment,
 )
+from cerbistream_spool.spool.losses import LedgerEntry, record_gaps
 from cerbistream_spool.spool.record import (
     FRAME_OVERHEAD,
     FrameStatus,
@@ -66,6 +75,7 @@ from cerbistream_spool.spool.segments import (
 __all__ = ["Batch", "Damage", "SpoolReader", "oldest_pending_ns", "pending_events"]
 
 _MAX_PROBLEMS = 1000
+_GAP = int(Kind.GAP)  # a plain int: compared once per record read
 _REMOVING = ".removing-"
 
 
@@ -132,6 +142,8 @@ class _Position:
     seg_created: Optional[int] = None  # header created_ns of the segment at ``base``
     stale: bool = False  # the segment at ``base`` was replaced under us: start again
     pins: Dict[str, int] = field(default_factory=dict)  # segment path -> pinning descriptor
+    scanned: Set[str] = field(default_factory=set)  # segments read from their header on
+    gaps: Dict[str, Dict[int, LedgerEntry]] = field(default_factory=dict)  # path -> seq -> gap
 
     def unpin(self) -> None:
         """Release the pins of records handed out (acked, or to be read again)."""
@@ -152,7 +164,9 @@ class SpoolReader:
     unlink_acked: bool = True  # False: ack only moves the cursor (a replayed copy keeps all)
     pin: bool = False  # pin segments with records in flight until acked (the drainer's reader)
     problems: List[Dict[str, Any]] = field(default_factory=list)
+    losses_error: Optional[str] = None  # why delivered gaps could not go to the ledger (kept)
     _pos: Dict[int, _Position] = field(default_factory=dict)
+    _held: Dict[str, int] = field(default_factory=dict)  # delivered, kept for its gaps: pin fd
     _next_lane: int = 0
 
     def __post_init__(self) -> None:
@@ -210,23 +224,72 @@ class SpoolReader:
             pos.unpin()
             return
         ldir = lane_dir(self.spool_dir, batch.lane)
+        doomed: List[str] = []
+        if self.unlink_acked:
+            segments = list_segments(ldir)
+            for (_, path), (next_base, _) in zip(segments, segments[1:]):
+                if next_base - 1 > last.seq:
+                    break
+                doomed.append(path)
+            doomed = self._record_losses(batch.lane, pos, doomed)  # ledger durable first
         pos.acked = Cursor(batch.lane, last.seq, last.hash)
         write_cursor(ldir, pos.acked)
         pos.unpin()  # delivered and recorded: drop_oldest may take them now
-        if not self.unlink_acked:
-            return
-        segments = list_segments(ldir)
         removed = False
-        for (_, path), (next_base, _) in zip(segments, segments[1:]):
-            if next_base - 1 > last.seq:
-                break
+        for path in doomed:
             try:
                 os.unlink(path)
                 removed = True
             except FileNotFoundError:
                 pass
+            self._forget(pos, path)
         if removed:
             fsync_dir(ldir)
+
+    # -- losses ledger ----------------------------------------------------------------------
+
+    def _record_losses(self, lane: int, pos: _Position, paths: List[str]) -> List[str]:
+        """Record the gaps of ``paths`` (delivered, about to be unlinked) in the ledger;
+        returns the ones that may go. On failure the segments holding gaps stay, pinned
+        (``drop_oldest`` spares them), for the next ack to try again; the others go."""
+        found = [self._gaps_of(lane, pos, path) for path in paths]
+        entries = [entry for gaps in found for entry in gaps]
+        if entries:
+            try:
+                record_gaps(self.spool_dir, entries)
+            except OSError as exc:
+                for path, gaps in zip(paths, found):
+                    if gaps:
+                        self._hold(path)
+                self.losses_error = (
+                    f"cannot record delivered gap records in losses/ledger ({exc}); their"
+                    " segments are kept until it can"
+                )
+                return [path for path, gaps in zip(paths, found) if not gaps]
+            self.losses_error = None
+        return paths
+
+    def _gaps_of(self, lane: int, pos: _Position, path: str) -> List[LedgerEntry]:
+        """The gap records of a segment: noted while scanning it, else read now (a segment
+        wholly below the cursor when this reader started: a crash before its unlink)."""
+        if path in pos.scanned:
+            return list(pos.gaps.get(path, {}).values())
+        return _gaps_in_file(lane, path)
+
+    def _hold(self, path: str) -> None:
+        if path not in self._held:
+            fd = pin_segment(path)
+            if fd is not None:
+                self._held[path] = fd
+
+    def _forget(self, pos: _Position, path: str) -> None:
+        """``path`` was unlinked: drop what the reader noted about it."""
+        pos.scanned.discard(path)
+        pos.gaps.pop(path, None)
+        fd = self._held.pop(path, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -334,6 +397,7 @@ class SpoolReader:
             return False, used
         with buf:
             header = decode_header(buf[:HEADER_SIZE])
+            keyed = not isinstance(header, str) and header.keyed
             if not isinstance(header, str) and pos.offset != HEADER_SIZE:
                 if header.created_ns != pos.seg_created:  # same name, another file
                     pos.stale = True
@@ -346,6 +410,8 @@ class SpoolReader:
                         self._damaged(lane, path, pos, 0, size, next_base - 1, "format", header)
                     return False, used
                 pos.seg_created = header.created_ns
+                pos.scanned.add(path)  # every gap record of it is noted from here on
+                pos.gaps[path] = {}
             budget = ScanBudget(size)
             while len(out) < max_records and used < max_bytes:
                 frame = read_frame(buf, pos.offset, budget=budget)
@@ -353,6 +419,8 @@ class SpoolReader:
                     rec = decode_payload(frame.payload)
                     if isinstance(rec, Record):
                         pos.offset, pos.prev_seq = frame.end, rec.seq
+                        if rec.kind == _GAP and path in pos.scanned:
+                            pos.gaps[path][rec.seq] = LedgerEntry.of(lane, rec, keyed)
                         if rec.seq > pos.last_read:
                             pos.last_read = rec.seq
                             out.append(rec)
@@ -414,6 +482,17 @@ class SpoolReader:
                 segments[-1][0] != pos.base or file_size(segments[-1][1]) != pos.offset
             ):
                 return
+            entries = [e for _, path in segments for e in self._gaps_of(lane, pos, path)]
+            if entries:  # the lane's gaps go to the ledger before the lane goes
+                try:
+                    record_gaps(self.spool_dir, entries)
+                except OSError as exc:
+                    self.losses_error = (
+                        f"cannot record delivered gap records in losses/ledger ({exc});"
+                        f" lane {lane} is kept until it can"
+                    )
+                    return
+                self.losses_error = None
             # one rename makes the removal atomic: a crash leaves either the whole lane or a
             # ".removing-" directory that list_lanes ignores and the next reader sweeps
             lanes_dir = os.path.join(self.spool_dir, LANES_DIR)
@@ -421,7 +500,10 @@ class SpoolReader:
             os.rename(ldir, doomed)
             fsync_dir(lanes_dir)
             shutil.rmtree(doomed, ignore_errors=True)
-            self._pos.pop(lane).unpin()
+            gone = self._pos.pop(lane)
+            gone.unpin()
+            for _, path in segments:
+                self._forget(gone, path)
         finally:
             lock.release()
 
@@ -446,6 +528,10 @@ def _forget_pins_in_child() -> None:
     for reader in list(_READERS.values()):
         for pos in reader._pos.values():
             pos.unpin()
+        held, reader._held = reader._held, {}
+        for fd in held.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 if hasattr(os, "register_at_fork"):
@@ -488,6 +574,33 @@ def oldest_pending_ns(spool_dir: str, lane: int) -> Optional[int]:
         events = batch.events()
         if events:
             return events[0].ts_ns
+
+
+def _gaps_in_file(lane: int, path: str) -> List[LedgerEntry]:
+    """Every readable gap record of a segment file (none when it is gone or unreadable)."""
+    try:
+        buf = read_regular(path)
+    except OSError:
+        return []
+    header = decode_header(buf[:HEADER_SIZE])
+    if isinstance(header, str):
+        return []
+    found: List[LedgerEntry] = []
+    offset, budget = HEADER_SIZE, ScanBudget(len(buf))
+    while True:
+        frame = read_frame(buf, offset, budget=budget)
+        rec = decode_payload(frame.payload) if frame.status is FrameStatus.OK else None
+        if isinstance(rec, Record):
+            if rec.kind == Kind.GAP:
+                found.append(LedgerEntry.of(lane, rec, header.keyed))
+            offset = frame.end
+            continue
+        if frame.status in (FrameStatus.END, FrameStatus.TORN):
+            return found
+        resync = find_next_frame(buf, offset + 1, budget)  # damage: the drainer recorded it
+        if resync is None:
+            return found
+        offset = resync
 
 
 def _replaced(tail: Optional[Tuple[str, int]]) -> bool:

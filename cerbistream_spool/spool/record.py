@@ -54,6 +54,7 @@ __all__ = [
     "decode_body",
     "decode_payload",
     "encode_body",
+    "encode_frame",
     "encode_record",
     "find_next_frame",
     "read_frame",
@@ -156,6 +157,12 @@ def encode_record(
     head = _U32.pack(size)
     crc = _U32.pack(zlib.crc32(payload, zlib.crc32(head)))
     return b"".join((head, payload, crc, head)), digest
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Frame any payload (§3); :func:`encode_record` inlines the same for records."""
+    head = _U32.pack(len(payload))
+    return b"".join((head, payload, _U32.pack(zlib.crc32(payload, zlib.crc32(head))), head))
 
 
 class ScanBudget:
