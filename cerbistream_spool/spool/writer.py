@@ -550,6 +550,9 @@ class SpoolWriter:
                 continue
             del self._sealed[idx]
             self._fixed_bytes -= size
+            if done:  # a drainer may have acked it just before our LOCK_EX: read again
+                fresh = load_cursor(self._dir, self.lane)
+                acked = max(acked, fresh.acked_seq if fresh else 0)
             if done and last > acked:
                 self._lose_range(max(base, acked + 1), last)
                 dropped_to = last
