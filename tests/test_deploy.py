@@ -46,11 +46,11 @@ def test_drop_oldest_never_counts_lost_what_was_acked_while_it_dropped(
     real = writer_module.unlink_unpinned
     acked = []
 
-    def ack_first(path: str) -> Any:
+    def ack_first(path: str, **kwargs: Any) -> Any:
         if not acked:
             reader.ack(batch)  # the broker took the batch: cursor written, pins dropped
             acked.append(batch)
-        return real(path)
+        return real(path, **kwargs)
 
     monkeypatch.setattr(writer_module, "unlink_unpinned", ack_first)
     for i in range(80, 200):
@@ -66,3 +66,37 @@ def test_drop_oldest_never_counts_lost_what_was_acked_while_it_dropped(
     for gap in _gaps(spool_dir):
         if gap["first_seq"] is not None:
             assert gap["first_seq"] > sent[-1], gap  # no gap claims a delivered event
+
+
+def test_drop_oldest_counts_lost_a_segment_the_drainer_acks_past_right_after_its_unlink(
+    spool_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after the writer unlinks the oldest segment, the drainer skips it (gone),
+    ships the next records and acks past it: its events are lost, not delivered."""
+    writer = SpoolWriter(spool_dir, DROP_OLDEST)
+    for i in range(80):
+        writer.append(event(i, 100))
+    reader = SpoolReader(spool_dir, pin=True)
+    real = writer_module.unlink_unpinned
+    sent: list = []  # type: ignore[type-arg]
+
+    def then_ship(path: str, **kwargs: Any) -> Any:
+        done = real(path, **kwargs)
+        if done and not sent:
+            batch = reader.read_batch(max_records=10)
+            assert batch is not None
+            sent.extend(rec.seq for rec in batch.events())
+            reader.ack(batch)
+        return done
+
+    monkeypatch.setattr(writer_module, "unlink_unpinned", then_ship)
+    for i in range(80, 200):
+        writer.append(event(i, 100))
+    monkeypatch.undo()
+    assert sent
+    stats: Dict[str, Any] = dict(writer.stats())
+    writer.close()
+    assert stats["events_delivered"] == len(sent)
+    assert stats["events"] == (
+        stats["events_delivered"] + stats["pending_records"] + stats["dropped"] + stats["lost"]
+    )
