@@ -29,6 +29,7 @@ without ``generation``::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import struct
@@ -54,7 +55,12 @@ _V1_SIZE = _V1.size + 4
 _V2 = struct.Struct("<8sHHIQQ32s")
 SLOT_SIZE = 512
 FILE_SIZE = 2 * SLOT_SIZE
-_WRITE_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_WRITE_FLAGS = (
+    os.O_RDWR
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 class Cursor(NamedTuple):
@@ -183,24 +189,41 @@ def write_cursor(lane_dir: str, cursor: Cursor) -> None:
     path = os.path.join(lane_dir, CURSOR_FILE)
     for _ in range(3):  # created or upgraded meanwhile by another process: write again
         try:
-            fd = os.open(path, _WRITE_FLAGS)
+            fd = _open_in_place(path)
         except FileNotFoundError:
             if _create(path, cursor):
                 return
             continue
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ForeignFileError(0, "cursor is not a regular file", path)
-            if info.st_size == FILE_SIZE:
-                _write_slot(fd, path, cursor)
-                return
-        finally:
-            os.close(fd)
-        # a version 1 cursor (or a damaged size): replaced once by a version 2 file
+        if fd is not None:
+            try:
+                if os.fstat(fd).st_size == FILE_SIZE:
+                    _write_slot(fd, path, cursor)
+                    return
+            finally:
+                os.close(fd)
+        # a version 1 cursor, a damaged size, or a symlink, FIFO or device where the
+        # cursor should be (never written through): replaced once by a version 2 file
         atomic_write(path, cursor.slot(1) + cursor.slot(0))
         return
     raise OSError(f"cursor {path} keeps changing under the drainer")
+
+
+def _open_in_place(path: str) -> Optional[int]:
+    """A read-write descriptor of the regular cursor file, or None for anything else
+    (checked with ``lstat`` before the open: a device is never opened, a symlink never
+    followed, a FIFO never waited on; and with ``fstat`` after it)."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        return None
+    try:
+        fd = os.open(path, _WRITE_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # swapped since the lstat
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 def _write_slot(fd: int, path: str, cursor: Cursor) -> None:

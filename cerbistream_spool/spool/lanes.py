@@ -27,7 +27,7 @@ import inspect
 import os
 import re
 import stat
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import filelock
 from filelock import FileLock, Timeout
@@ -263,8 +263,13 @@ def pin_segment(path: str) -> Optional[int]:
     return fd
 
 
-def unlink_unpinned(path: str) -> Optional[bool]:
-    """Unlink the segment unless a reader pins it: True unlinked, False pinned, None gone."""
+def unlink_unpinned(path: str, locked: Optional[Callable[[], None]] = None) -> Optional[bool]:
+    """Unlink the segment unless a reader pins it: True unlinked, False pinned, None gone.
+
+    ``locked`` is called once the segment is locked, before the unlink: what it reads
+    of the cursor then includes every ack of the segment's records (a drainer writes
+    the cursor before it unpins), and no ack can yet pass the segment.
+    """
     try:
         fd, _ = open_regular(path)
     except FileNotFoundError:
@@ -274,6 +279,8 @@ def unlink_unpinned(path: str) -> Optional[bool]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        if locked is not None:
+            locked()
         try:
             os.unlink(path)
         except FileNotFoundError:

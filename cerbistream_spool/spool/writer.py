@@ -533,6 +533,12 @@ class SpoolWriter:
         """
         cursor = load_cursor(self._dir, self.lane)
         acked = cursor.acked_seq if cursor else 0
+        cursor_now = [acked]
+
+        def reread_cursor() -> None:  # a drainer may have acked it just before our lock
+            fresh = load_cursor(self._dir, self.lane)
+            cursor_now[0] = max(cursor_now[0], fresh.acked_seq if fresh else 0)
+
         dropped_to = 0
         kept: List[Tuple[int, int]] = []  # seq ranges of pinned segments
         idx = 0
@@ -543,13 +549,14 @@ class SpoolWriter:
             last = (
                 self._sealed[idx + 1][0] - 1 if idx + 1 < len(self._sealed) else self._seg_base - 1
             )
-            done = unlink_unpinned(path)
+            done = unlink_unpinned(path, locked=reread_cursor)
             if done is False:  # in flight to the broker: it stays
                 kept.append((base, last))
                 idx += 1
                 continue
             del self._sealed[idx]
             self._fixed_bytes -= size
+            acked = max(acked, cursor_now[0])
             if done and last > acked:
                 self._lose_range(max(base, acked + 1), last)
                 dropped_to = last
