@@ -125,6 +125,11 @@ CASES: Dict[str, Tuple[Callable[[str], None], List[str], List[int]]] = {
         ["lanes/0000/cursor"],
         [0],
     ),
+    "cursor-is-a-directory": (
+        lambda s: _replace_cursor(s, os.mkdir),
+        ["lanes/0000/cursor"],
+        [0],
+    ),
     "lanes-is-a-file": (
         lambda s: (shutil.rmtree(os.path.join(s, "lanes")), _write(os.path.join(s, "lanes"), b"")),
         ["lanes"],
@@ -362,4 +367,7 @@ def test_hostile_entry_cli_drain_ships_the_healthy_lanes(tmp_path, case: str) ->
         assert len(sent) == len(ids), f"{len(sent)} sends of {len(ids)} events"
         assert stat.S_ISCHR(os.stat("/dev/zero").st_mode)
         return
+    if case == "cursor-is-a-directory":  # no ack could move it: left alone, never re-sent
+        assert not any(f"id-{i}" in ids for i in range(30)), (done.stdout, done.stderr)
+        assert len(sent) == len(ids), f"{len(sent)} sends of {len(ids)} events"
     assert _entries(spool, foreign) == before

@@ -34,12 +34,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
-from cerbistream_spool.spool.cursor import Cursor, read_cursor, write_cursor
+from cerbistream_spool.spool.cursor import CURSOR_FILE, Cursor, read_cursor, write_cursor
 from cerbistream_spool.spool.fsio import (
     file_size,
     fsync_dir,
@@ -167,6 +168,7 @@ class SpoolReader:
     losses_error: Optional[str] = None  # why delivered gaps could not go to the ledger (kept)
     _pos: Dict[int, _Position] = field(default_factory=dict)
     _held: Dict[str, int] = field(default_factory=dict)  # delivered, kept for its gaps: pin fd
+    _unackable_lanes: Set[int] = field(default_factory=set)  # cursor is a directory: reported
     _next_lane: int = 0
 
     def __post_init__(self) -> None:
@@ -184,6 +186,8 @@ class SpoolReader:
             return None
         start = next((i for i, lane in enumerate(lanes) if lane >= self._next_lane), 0)
         for lane in lanes[start:] + lanes[:start]:
+            if self._unackable(lane):
+                continue
             batch = self._read_lane(lane, max_records, max_bytes)
             if batch is not None:
                 self._next_lane = lane + 1
@@ -191,6 +195,24 @@ class SpoolReader:
             if self.remove_idle_lanes:
                 self._remove_if_idle(lane)
         return None
+
+    def _unackable(self, lane: int) -> bool:
+        """Whether the lane's cursor is a directory: no ack could move it (a rename cannot
+        replace a directory), so its records would be sent again after every ack. The
+        lane is left alone (neither read nor removed) and reported once."""
+        try:
+            blocked = stat.S_ISDIR(
+                os.lstat(os.path.join(lane_dir(self.spool_dir, lane), CURSOR_FILE)).st_mode
+            )
+        except OSError:
+            blocked = False
+        if not blocked:
+            self._unackable_lanes.discard(lane)
+        elif lane not in self._unackable_lanes:
+            self._unackable_lanes.add(lane)
+            detail = "cursor is a directory: the lane cannot be acknowledged; left alone"
+            self._problem(lane, "", 0, "cursor", detail)
+        return blocked
 
     def batches(self, max_records: int = 500, max_bytes: int = 1 << 20) -> Iterator[Batch]:
         """Batches until nothing is pending (without acking them)."""
