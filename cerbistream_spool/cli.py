@@ -20,6 +20,7 @@ from typing import IO, Any, Callable, Deque, Dict, List, NamedTuple, Optional, T
 
 import click
 
+from cerbistream_spool import __version__
 from cerbistream_spool.diagnostics import Reporter
 from cerbistream_spool.errors import PermanentTransportError
 from cerbistream_spool.handler import CONNECTION_ENV, DEFAULT_QUEUE
@@ -49,7 +50,8 @@ class CommandError(click.ClickException):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="cerbistream_spool", prog_name="cerbispool")
+# the version the code carries: a source tree without installed metadata has it too
+@click.version_option(__version__, prog_name="cerbispool")
 def main() -> None:
     """Spool governance log events to disk and ship them to Azure Service Bus."""
 

@@ -530,14 +530,16 @@ def _content(
         elif captured is not None and captured.exception is not None:
             payload["exception"] = dict(captured.exception)  # prepare() cleared exc_info
         if governance is not None and governance.patterns:
-            scan = governance.scan_text(
-                payload["message"], {k: v for k, v in payload.items() if k not in _UNSCANNED}
-            )
+            scanned = {k: v for k, v in payload.items() if k not in _UNSCANNED}
+            scan = governance.scan_text(payload["message"], scanned)
             if scan.violations:
                 violations += scan.violations
                 plan = None  # its packed Violations no longer fit
                 blocked = scan.blocked
-                payload["message"] = scan.message
+            # with or without a match: a text longer than the scan bound comes back cut,
+            # and what was not scanned must not be stored
+            payload["message"] = scan.message
+            if scan.values is not scanned:
                 payload.update(scan.values)
     if blocked:
         payload = {"logger": logger, "level": level, "blocked": True}

@@ -649,6 +649,37 @@ def test_h_is_help_everywhere_and_version_and_python_m_work() -> None:
     assert "Usage: cerbispool" in module.stdout
 
 
+def test_version_works_without_the_package_metadata(tmp_path: Path) -> None:
+    """Run from a copy of the source (a vendored tree, a zipapp, PYTHONPATH to a checkout),
+    there is no installed distribution to ask: ``--version`` still prints, no traceback."""
+    import shutil  # noqa: PLC0415
+    import site  # noqa: PLC0415
+
+    import cerbistream_spool  # noqa: PLC0415
+
+    deps = tmp_path / "deps"  # the dependencies without cerbistream_spool's metadata
+    deps.mkdir()
+    for packages in site.getsitepackages():
+        for entry in Path(packages).iterdir():
+            name = entry.name
+            if name.startswith(("cerbistream", "__editable__")) or name.endswith(".pth"):
+                continue
+            if not (deps / name).exists():
+                (deps / name).symlink_to(entry)
+    shutil.copytree(Path(cerbistream_spool.__file__).parent, tmp_path / "src" / "cerbistream_spool")
+    out = subprocess.run(
+        [sys.executable, "-S", "-m", "cerbistream_spool", "--version"],
+        capture_output=True,
+        text=True,
+        env={**env(), "PYTHONPATH": f"{tmp_path / 'src'}{os.pathsep}{deps}"},
+        cwd=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stdout == f"cerbispool, version {cerbistream_spool.__version__}\n"
+
+
 def test_bash_completion_script_is_what_the_readme_says() -> None:
     completion = subprocess.run(
         [sys.executable, "-m", "cerbistream_spool"],

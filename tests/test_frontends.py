@@ -20,7 +20,7 @@ import structlog
 from spoolkit import read_all
 
 from cerbistream_spool import CaptureContext
-from cerbistream_spool.governance import REDACTED
+from cerbistream_spool.governance import MAX_SCAN_CHARS, REDACTED
 from cerbistream_spool.handler import SpoolHandler
 from cerbistream_spool.spool.lanes import LANES_DIR
 
@@ -233,6 +233,20 @@ def test_a_secret_in_the_text_of_an_access_log_line_is_redacted_by_a_pattern(
     ]
     assert second["RawPayload"]["http"] == {"url": f"/login?password={REDACTED}"}
     assert [v["Field"] for v in second["Violations"]] == ["http.url"]
+
+
+def test_a_secret_past_the_scan_bound_is_not_kept_when_no_pattern_matched_before_it(
+    handler: SpoolHandler, app_logger: logging.Logger
+) -> None:
+    """The text beyond MAX_SCAN_CHARS is never scanned, so it must never be stored: the
+    cut applies whether or not a pattern matched in the scanned part."""
+    padding = "x" * MAX_SCAN_CHARS
+    app_logger.info("%s password=%s", padding, SECRET)
+    app_logger.info("upload", extra={"body": f"{padding} password={SECRET}"})
+    first, second = spooled(handler)
+    assert first["RawPayload"]["message"].endswith("more characters not scanned, removed]")
+    assert second["RawPayload"]["body"].endswith("more characters not scanned, removed]")
+    assert first["Violations"] == [] and second["Violations"] == []
 
 
 @pytest.mark.parametrize("over_pickle", [False, True], ids=["queue", "pickled"])

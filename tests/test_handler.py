@@ -233,6 +233,39 @@ def test_severity_comes_from_the_file_and_hot_reload_applies_the_next_record(
     assert stream.getvalue().count("governance reload rejected") <= 2
 
 
+def test_a_debug_log_file_beside_the_governance_file_does_not_feed_back(tmp_path: Path) -> None:
+    """The watcher watches the governance file's directory. With the root logger at DEBUG
+    and a log file in that directory, each line written is an inotify event that watchdog
+    logs at DEBUG from the watcher's thread, which writes the next line: one record became
+    thousands a second. watchdog's records from the watcher's own threads are dropped."""
+    write_rules(tmp_path / "cerbi_governance.json")
+    script = textwrap.dedent(
+        """
+        import logging, time
+        from cerbistream_spool import SpoolHandler
+        handler = SpoolHandler("./spool", tenant_id="t", app_name="a",
+                               governance_config_path="cerbi_governance.json", drain=False)
+        logging.basicConfig(level=logging.DEBUG,
+                            handlers=[handler, logging.FileHandler("app.log")])
+        logging.getLogger("app").info("one line")
+        time.sleep(1.0)  # a feedback loop writes thousands of lines in this second
+        print(handler.stats()["accepted"])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = (tmp_path / "app.log").read_text().splitlines()
+    assert "watchdog" not in "".join(lines), lines[:5]
+    assert int(out.stdout) < 5
+
+
 def test_construction_fails_early_on_bad_governance_and_options(spool_dir: str, tmp_path) -> None:
     with pytest.raises(GovernanceConfigError) as err:
         SpoolHandler(
