@@ -12,9 +12,8 @@ Validation is strict where a mistake would silently weaken governance: every
 profile in the file is validated (not only the one asked for), unknown keys in a
 rule are errors (``"acton": "Redact"`` must not turn into flag-only), and so are
 duplicate JSON keys, duplicate ruleIds in a profile, a field or pattern listed twice
-in a rule, a pattern that does not compile, matches the empty string, or nests
-unbounded repeats (:func:`_risky`). Top-level and profile objects may carry extra
-keys (``$schema``, notes).
+in a rule, a pattern that does not compile or matches the empty string. Top-level and
+profile objects may carry extra keys (``$schema``, notes).
 
 Matching (docs/GOVERNANCE.md): each field is a dotted path into the record's fields
 (cerbistream_spool/fields.py); every segment matches a key case-insensitively
@@ -23,7 +22,8 @@ second ``k``, as ``k``). A literal dotted key is the path it spells (``"user.ema
 is user → email), and the dicts inside a list are searched as the value itself. A rule
 naming a path matches every key at or below it. One violation per rule field, however
 many places it matched; Redact replaces every one of them. Patterns search the message
-and every string value (:meth:`Governance.scan_text`).
+and every string value (:meth:`Governance.scan_text`) with the ``regex`` package, within
+:data:`SCAN_BUDGET_S` per record; a scan that runs out of time fails closed.
 
 Hot reload: :func:`load_governance` returns a new :class:`Governance`; swapping
 rules is one attribute assignment, and a record sees either the old or the new set.
@@ -32,25 +32,26 @@ rules is one attribute assignment, and a record sees either the old or the new s
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
-import warnings
+import time
 from dataclasses import dataclass, field
 from typing import (
     Any,
+    Callable,
     Dict,
     FrozenSet,
     List,
     Mapping,
     NamedTuple,
     Optional,
-    Pattern,
     Sequence,
     Tuple,
     Union,
 )
+
+import regex
 
 from cerbistream_spool.errors import GovernanceConfigError
 
@@ -60,6 +61,7 @@ __all__ = [
     "MAX_PATTERN_CHARS",
     "MAX_SCAN_CHARS",
     "REDACTED",
+    "SCAN_BUDGET_S",
     "FlatPlan",
     "Governance",
     "Rule",
@@ -149,6 +151,22 @@ class Rule:
             path=(),
         )
 
+    def timeout_violation(self, field_path: str) -> Violation:
+        """The violation this rule reports when its patterns ran out of time at ``field_path``."""
+        return Violation(
+            rule_id=self.rule_id,
+            code=self.code,
+            field=field_path,
+            severity=self.severity,
+            message=(
+                f"Field '{field_path}' not scanned by the patterns of rule {self.rule_id}: "
+                f"the scan ran out of time ({SCAN_BUDGET_S * 1000:g} ms per record); "
+                f"the text was replaced by {REDACTED}"
+            ),
+            action=self.action,
+            path=(),
+        )
+
 
 class _Node:
     """One lower-cased path segment of the compiled rule trie."""
@@ -164,7 +182,7 @@ class _TextRule(NamedTuple):
     """A rule with patterns, compiled once at load."""
 
     rule: Rule
-    patterns: Tuple[Pattern[str], ...]
+    patterns: Tuple[regex.Pattern[str], ...]
 
 
 class TextScan(NamedTuple):
@@ -174,6 +192,7 @@ class TextScan(NamedTuple):
     message: Optional[str]  # the message, matches replaced by Redact rules
     values: Mapping[str, Any]  # the values (the same object when nothing was replaced)
     blocked: bool
+    timed_out: bool = False  # a text ran out of time and was replaced by REDACTED
 
 
 @dataclass(frozen=True)
@@ -191,12 +210,18 @@ class Governance:
     _plans: Dict[Tuple[str, ...], FlatPlan] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
-    _flat_patterns: Tuple[Tuple[int, bool, Pattern[str]], ...] = field(
+    _flat_patterns: Tuple[Tuple[int, bool, regex.Pattern[str]], ...] = field(
         init=False, repr=False, compare=False, default=()
     )
-    # pattern violations by (rule index, field path); bounded like _plans
-    _text_hits: Dict[Tuple[int, str], Violation] = field(
+    # every pattern as one alternation: one timed search per text when nothing matches
+    _any: Optional[regex.Pattern[str]] = field(init=False, repr=False, compare=False, default=None)
+    # pattern violations by (rule index, field path, timed out); bounded like _plans
+    _text_hits: Dict[Tuple[int, str, bool], Violation] = field(
         init=False, repr=False, compare=False, default_factory=dict
+    )
+    # called with (rule ids, field path) when a scan runs out of time (the handler reports)
+    _on_timeout: List[Callable[[Tuple[str, ...], str], None]] = field(
+        init=False, repr=False, compare=False, default_factory=list
     )
 
     def __post_init__(self) -> None:
@@ -231,6 +256,13 @@ class Governance:
                 for pattern in text_rule.patterns
             ),
         )
+        object.__setattr__(self, "_any", _alternation(self.rules))
+
+    def on_timeout(self, callback: Callable[[Tuple[str, ...], str], None]) -> None:
+        """Call ``callback(rule ids, field path)`` whenever a pattern scan runs out of time.
+
+        Called from the logging thread, inside ``emit``: it must be quick and not log."""
+        self._on_timeout.append(callback)
 
     def check(self, extras: Mapping[str, Any]) -> Tuple[Violation, ...]:
         """Violations for ``extras``, in rule order then field order; ``()`` when none match."""
@@ -269,29 +301,45 @@ class Governance:
         :data:`REDACTED`. Each text is scanned up to :data:`MAX_SCAN_CHARS`; a longer one is
         cut there and ends with a marker (the rest is neither scanned nor kept). Strings
         that are exactly :data:`REDACTED` are skipped. Never mutates its input.
+
+        All texts of one call share :data:`SCAN_BUDGET_S`. A text whose scan runs out of
+        it fails closed: it becomes :data:`REDACTED` and every pattern rule not yet found
+        in it reports a timeout violation (a Block rule blocks); so does each text after.
         """
-        state = _Scan(self._flat_patterns)
+        state = _Scan(self._flat_patterns, self._any, len(self.patterns))
         if message is not None:
             message = state.text(message, "", "message")
         out = state.mapping(values, "", 0)
         if state.found is None:
             return TextScan(_NO_VIOLATIONS, message, values if out is None else out, False)
-        violations = tuple(self._text_violation(i, path) for i, path in sorted(state.found))
+        violations = tuple(self._text_violation(*key) for key in sorted(state.found))
+        if state.timed_out is not None:
+            late = dict.fromkeys(self.patterns[i].rule.rule_id for i, _, t in state.found if t)
+            self._report_timeout(tuple(late), state.timed_out)
         return TextScan(
             violations,
             message,
             values if out is None else out,
             any(v.action == ACTION_BLOCK for v in violations),
+            state.timed_out is not None,
         )
 
-    def _text_violation(self, index: int, path: str) -> Violation:
-        key = (index, path)
+    def _text_violation(self, index: int, path: str, timed_out: bool) -> Violation:
+        key = (index, path, timed_out)
         violation = self._text_hits.get(key)
         if violation is None:
-            violation = self.patterns[index].rule.pattern_violation(path)
+            rule = self.patterns[index].rule
+            violation = rule.timeout_violation(path) if timed_out else rule.pattern_violation(path)
             if len(self._text_hits) < _MAX_PLANS:
                 self._text_hits[key] = violation
         return violation
+
+    def _report_timeout(self, rule_ids: Tuple[str, ...], path: str) -> None:
+        for callback in tuple(self._on_timeout):
+            try:
+                callback(rule_ids, path)
+            except Exception:  # noqa: BLE001, S112 - a report must never fail the record
+                continue
 
 
 class FlatPlan(NamedTuple):
@@ -307,6 +355,9 @@ class FlatPlan(NamedTuple):
 
 _MAX_PLANS = 1024
 MAX_SCAN_CHARS = 65536  # per text: patterns see at most this many characters of it
+# per record: the time all pattern searches of one scan_text call may take together.
+# regex measures it as process CPU time (clock()); past it the text fails closed.
+SCAN_BUDGET_S = 0.020
 _MAX_WALK_DEPTH = 64  # nesting levels check/redact descend (lists of lists included)
 
 
@@ -486,27 +537,67 @@ def _redact_list(items: Any, trie: Dict[str, _Node], depth: int) -> Optional[Lis
 
 
 class _Scan:
-    """One :meth:`Governance.scan_text` call: the matches found, as (rule index, path)."""
+    """One :meth:`Governance.scan_text` call: what it found, as (rule index, path, timed out).
 
-    __slots__ = ("found", "patterns")
+    Every search gets what is left of :data:`SCAN_BUDGET_S` as its ``timeout``; ``regex``
+    raises :class:`TimeoutError` past it, and the text fails closed (:meth:`text`).
+    """
 
-    def __init__(self, patterns: Tuple[Tuple[int, bool, Pattern[str]], ...]) -> None:
+    __slots__ = ("any", "deadline", "found", "patterns", "rules", "timed_out")
+
+    def __init__(
+        self,
+        patterns: Tuple[Tuple[int, bool, regex.Pattern[str]], ...],
+        any_pattern: Optional[regex.Pattern[str]],
+        rules: int,
+    ) -> None:
         self.patterns = patterns  # (rule index, redact?, compiled), in rule order
-        self.found: Optional[Dict[Tuple[int, str], None]] = None
+        self.any = any_pattern
+        self.rules = rules
+        self.deadline = time.monotonic() + SCAN_BUDGET_S
+        self.found: Optional[Dict[Tuple[int, str, bool], None]] = None
+        self.timed_out: Optional[str] = None  # the path of the first text that ran out
+
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0.0:
+            raise TimeoutError("scan budget spent")
+        return left
 
     def text(self, text: str, parent: str, name: str) -> str:
         if text == REDACTED:
             return text
         if len(text) > MAX_SCAN_CHARS:
             text = text[:MAX_SCAN_CHARS] + _cut_marker(len(text) - MAX_SCAN_CHARS)
-        for index, redact, pattern in self.patterns:
-            if pattern.search(text) is None:
-                continue
-            if self.found is None:
-                self.found = {}
-            self.found[(index, f"{parent}.{name}" if parent else name)] = None
-            if redact:
-                text = pattern.sub(REDACTED, text)
+        hit: Optional[Dict[int, None]] = None
+        try:
+            if self.any is not None and self.any.search(text, timeout=self._left()) is None:
+                return text
+            for index, redact, pattern in self.patterns:
+                if hit is not None and index in hit and not redact:
+                    continue
+                if pattern.search(text, timeout=self._left()) is None:
+                    continue
+                if hit is None:
+                    hit = {}
+                hit[index] = None
+                if redact:
+                    text = pattern.sub(REDACTED, text, timeout=self._left())
+        except TimeoutError:  # fail closed: nothing of a text not fully scanned is kept
+            path = f"{parent}.{name}" if parent else name
+            found = self.found if self.found is not None else {}
+            self.found = found
+            for index in range(self.rules):
+                found[(index, path, hit is None or index not in hit)] = None
+            if self.timed_out is None:
+                self.timed_out = path
+            return REDACTED
+        if hit is not None:
+            path = f"{parent}.{name}" if parent else name
+            found = self.found if self.found is not None else {}
+            self.found = found
+            for index in hit:
+                found[(index, path, False)] = None
         return text
 
     def value(self, value: Any, parent: str, name: str, depth: int) -> Any:
@@ -806,8 +897,8 @@ MAX_PATTERN_CHARS = 1000  # longer regular expressions are refused at load
 
 
 def _validate_patterns(rule: Dict[str, Any], path: str, loc: str) -> Tuple[str, ...]:
-    """The rule's ``patterns``: a non-empty array of regular expressions that compile and
-    hold no construct known to backtrack exponentially (see :func:`_risky`)."""
+    """The rule's ``patterns``: a non-empty array of regular expressions (``regex`` syntax,
+    version 0: that of ``re``) that compile and do not match the empty string."""
     if "patterns" not in rule or rule["patterns"] is None:
         return ()
     raw = rule["patterns"]
@@ -837,10 +928,12 @@ def _validate_patterns(rule: Dict[str, Any], path: str, loc: str) -> Tuple[str, 
         seen[item] = j
         try:
             compiled = _compile(item)
-        except re.error as exc:
-            at = "" if exc.pos is None else f" at position {exc.pos}"
+        except regex.error as exc:
+            pos = getattr(exc, "pos", None)  # regex's error has re's msg and pos
+            at = "" if pos is None else f" at position {pos}"
+            msg = getattr(exc, "msg", None) or str(exc)
             raise GovernanceConfigError(
-                path, where, f"invalid regular expression {item!r}: {exc.msg}{at}"
+                path, where, f"invalid regular expression {item!r}: {msg}{at}"
             ) from None
         except (RecursionError, OverflowError):
             raise GovernanceConfigError(
@@ -850,74 +943,29 @@ def _validate_patterns(rule: Dict[str, Any], path: str, loc: str) -> Tuple[str, 
             raise GovernanceConfigError(
                 path, where, f"regular expression {item!r} matches the empty string"
             )
-        problem = _risky(item)
-        if problem:
-            raise GovernanceConfigError(
-                path,
-                where,
-                f"regular expression {item!r} {problem}; it can take exponential time on "
-                "some texts (docs/GOVERNANCE.md, Patterns)",
-            )
     return tuple(raw)
 
 
-def _compile(pattern: str) -> Pattern[str]:
-    return re.compile(pattern)
+def _compile(pattern: str) -> regex.Pattern[str]:
+    return regex.compile(pattern)
 
 
-def _risky(pattern: str) -> Optional[str]:
-    """Why ``pattern`` may backtrack catastrophically, or None.
+# what can change the meaning of another pattern in one alternation: inline flags (``(?x)``
+# would drop the spaces of the others, ``(?a)`` narrow their ``\w``), group references
+# (``\1``, ``(?P=n)``, ``\g<n>``, ``\k<n>``, ``(?1)``, ``(?(1)``)
+_UNSHAREABLE = regex.compile(r"\\[0-9gk]|\(\?P=|\(\?(?!(?:[:=!>|#]|<[=!]|P?<[A-Za-z_]))")
 
-    Refused: a repeat of unbounded count (``*``, ``+``, ``{n,}``) whose body holds
-    another such repeat (``(a+)+``, ``(\\w*\\s?)*``), and backreferences (``\\1``).
-    A heuristic: it catches the classic exponential forms, not every slow pattern.
-    """
-    sre = _sre_parser()
-    try:
-        tree = sre.parse(pattern)
-    except Exception:  # noqa: BLE001 - it compiled; an unparsable tree is not ours to judge
+
+def _alternation(rules: Sequence[Rule]) -> Optional[regex.Pattern[str]]:
+    """Every pattern of ``rules`` as one alternation, when each keeps its meaning in it.
+
+    A text it does not match matches none of the patterns, so that text costs one search.
+    None (each pattern searched alone) with a single pattern or one that could change the
+    others' meaning."""
+    patterns = [p for rule in rules for p in rule.patterns]
+    if len(patterns) < 2 or any(_UNSHAREABLE.search(p) for p in patterns):
         return None
-    return _risky_tree(tree, False, sre.MAXREPEAT)
-
-
-def _sre_parser() -> Any:
-    """The stdlib regular-expression parser (``re._parser``; ``sre_parse`` before 3.11)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            return importlib.import_module("re._parser")
-        except ImportError:  # Python < 3.11
-            return importlib.import_module("sre_parse")
-
-
-def _risky_tree(items: Any, inside: bool, maxrepeat: int) -> Optional[str]:
-    for op, arg in items:
-        name = str(op)
-        if name in ("GROUPREF", "GROUPREF_EXISTS"):
-            return "uses a backreference"
-        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            _low, high, body = arg
-            unbounded = high == maxrepeat
-            if unbounded and inside and name != "POSSESSIVE_REPEAT":
-                return "nests an unbounded repeat inside another"
-            problem = _risky_tree(
-                body, inside or (unbounded and name != "POSSESSIVE_REPEAT"), maxrepeat
-            )
-            if problem:
-                return problem
-        elif name == "SUBPATTERN":
-            problem = _risky_tree(arg[-1], inside, maxrepeat)
-            if problem:
-                return problem
-        elif name == "BRANCH":
-            for branch in arg[1]:
-                problem = _risky_tree(branch, inside, maxrepeat)
-                if problem:
-                    return problem
-        elif name in ("ASSERT", "ASSERT_NOT"):
-            problem = _risky_tree(arg[1], inside, maxrepeat)
-            if problem:
-                return problem
-        elif name == "ATOMIC_GROUP":
-            continue  # no backtracking into an atomic group
-    return None
+    try:
+        return regex.compile("|".join(f"(?:{p})" for p in patterns))
+    except (regex.error, RecursionError, OverflowError):
+        return None

@@ -20,12 +20,17 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Dict, Optional, TypedDict
+from typing import Any, Dict, Optional, Tuple, TypedDict
 
 from cerbistream_spool.diagnostics import Reporter, guard
 from cerbistream_spool.errors import GovernanceConfigError, SpoolConfigError, SpoolFullError
 from cerbistream_spool.event import EventEncoder
-from cerbistream_spool.governance import Governance, load_governance
+from cerbistream_spool.governance import (
+    REDACTED,
+    SCAN_BUDGET_S,
+    Governance,
+    load_governance,
+)
 from cerbistream_spool.governance_watch import GovernanceWatcher
 from cerbistream_spool.spool.config import MiB, SpoolConfig
 from cerbistream_spool.spool.lanes import lane_dir
@@ -156,6 +161,7 @@ class SpoolHandler(logging.Handler):
             if governance_config_path
             else Governance(profile=governance_profile)
         )
+        self._governance.on_timeout(self._scan_timed_out)
         self._dropped = 0
         self._suppressed = 0
         self._last_error: Optional[str] = None
@@ -373,6 +379,7 @@ class SpoolHandler(logging.Handler):
             return self._writer
 
     def _set_governance(self, governance: Governance) -> None:
+        governance.on_timeout(self._scan_timed_out)
         self._governance = governance
         self._ended("governance")
 
@@ -380,6 +387,15 @@ class SpoolHandler(logging.Handler):
         text = f"governance reload rejected, old rules kept: {exc}"
         self._error("governance", text)
         self._reporter.report(f"governance:{exc}", text)
+
+    def _scan_timed_out(self, rule_ids: Tuple[str, ...], path: str) -> None:
+        """A pattern scan ran out of time: the record was stored failed closed; say so."""
+        self._reporter.report(
+            "governance-timeout",
+            f"pattern scan ran out of time ({SCAN_BUDGET_S * 1000:g} ms per record) at "
+            f"{path!r}, rules {', '.join(rule_ids)}: the text was stored as {REDACTED} "
+            "(docs/GOVERNANCE.md, Patterns)",
+        )
 
     def _error(self, kind: str, text: str) -> None:
         """Record the handler's current error; ``kind`` names what ends it (``_ended``)."""

@@ -6,12 +6,15 @@ greps the bytes of every spool file for the secret; the Violations are read back
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.handlers
 import os
 import pickle
 import queue
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -20,6 +23,7 @@ import structlog
 from spoolkit import read_all
 
 from cerbistream_spool import CaptureContext
+from cerbistream_spool.diagnostics import Reporter
 from cerbistream_spool.governance import MAX_SCAN_CHARS, REDACTED
 from cerbistream_spool.handler import SpoolHandler
 from cerbistream_spool.spool.lanes import LANES_DIR
@@ -281,3 +285,133 @@ def test_structured_fields_behind_a_queue_handler_are_governed(
     assert login["RawPayload"]["email"] == REDACTED
     assert rule_ids(blocked) == ["SEC-001"] and blocked["RawPayload"]["blocked"] is True
     assert reset["RawPayload"]["message"] == f"reset for {REDACTED}"
+
+
+STALLING_RULES = {
+    "profiles": {
+        "default": {
+            "rules": [
+                {
+                    "ruleId": "SEC-009",
+                    "code": "Security",
+                    "patterns": [r"a.*a.*x"],  # cubic backtracking, with re and regex
+                    "severity": "Critical",
+                    "action": "Redact",
+                }
+            ]
+        }
+    }
+}
+
+
+def test_a_pattern_scan_out_of_time_stores_the_text_redacted_and_reports_once(
+    spool_dir: str, tmp_path: Path
+) -> None:
+    rules = tmp_path / "cerbi_governance.json"
+    rules.write_text(json.dumps(STALLING_RULES), encoding="utf-8")
+    stream = io.StringIO()
+    handler = SpoolHandler(
+        spool_dir,
+        tenant_id="t",
+        app_name="frontends",
+        governance_config_path=str(rules),
+        drain=False,
+        reporter=Reporter(stream=stream),
+    )
+    logger = logging.getLogger("frontends.stall")
+    logger.propagate = False
+    logger.handlers = [handler]
+    try:
+        for _ in range(2):
+            logger.warning("%s password=%s", "a" * 2000, SECRET)
+    finally:
+        logger.handlers = []
+    events = spooled(handler)  # the secret is on no spool file
+    assert [e["RawPayload"]["message"] for e in events] == [REDACTED, REDACTED]
+    assert [(v["RuleId"], v["Field"], v["Severity"]) for v in events[0]["Violations"]] == [
+        ("SEC-009", "message", "Critical")
+    ]
+    assert "the scan ran out of time" in events[0]["Violations"][0]["Message"]
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "pattern scan ran out of time" in lines[0], lines
+
+
+# patterns and texts that take re 3 to 17 s each (quadratic or worse retries)
+STALLS = [
+    (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", "a" * 65536),
+    (r"\w+@\w+\.com", "a" * 65536),
+    (r"(.*a){12}x", "a" * 28),
+    (r"a.*a.*x", "a" * 2000),
+]
+STALL_APP = """
+import json, logging, sys
+from cerbistream_spool.handler import SpoolHandler
+spool_dir, rules = sys.argv[1], sys.argv[2]
+handler = SpoolHandler(spool_dir, tenant_id="t", app_name="stall",
+                       governance_config_path=rules, drain=False)
+logger = logging.getLogger("stall")
+logger.propagate = False
+logger.handlers = [handler]
+for text in json.loads(sys.stdin.read()):
+    logger.warning("%s password=hunter2", text)
+handler.close()
+"""
+
+
+@pytest.mark.slow
+def test_patterns_that_stall_re_end_and_no_secret_reaches_the_disk(
+    spool_dir: str, tmp_path: Path
+) -> None:
+    """Each pattern on its text: re takes 43 s for the four, beyond the child's timeout.
+    Each record comes back unmatched (text kept) or out of time (text replaced)."""
+    rules = tmp_path / "cerbi_governance.json"
+    rules.write_text(
+        json.dumps(
+            {
+                "profiles": {
+                    "default": {
+                        "rules": [
+                            *(
+                                {
+                                    "ruleId": f"P-{i}",
+                                    "code": "Security",
+                                    "patterns": [pattern],
+                                    "severity": "Error",
+                                    "action": "Redact",
+                                }
+                                for i, (pattern, _text) in enumerate(STALLS)
+                            ),
+                            {
+                                "ruleId": "SEC-002",
+                                "code": "Security",
+                                "patterns": [r"(?<=password=)[^&\s]+"],
+                                "severity": "Error",
+                                "action": "Redact",
+                            },
+                        ]
+                    }
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
+    subprocess.run(
+        [sys.executable, "-c", STALL_APP, spool_dir, str(rules)],
+        input=json.dumps([text for _pattern, text in STALLS]),
+        text=True,
+        check=True,
+        timeout=25,
+    )
+    raw = b"".join(
+        Path(root, name).read_bytes()
+        for root, _dirs, files in os.walk(os.path.join(spool_dir, LANES_DIR))
+        for name in files
+    )
+    assert raw and SECRET.encode() not in raw
+    events = [r.value() for r in read_all(spool_dir) if r.kind == 1]
+    assert len(events) == len(STALLS)
+    for (_pattern, text), event in zip(STALLS, events):
+        message = event["RawPayload"]["message"]
+        assert message in (REDACTED, f"{text} password={REDACTED}")
+        out_of_time = [v for v in event["Violations"] if "ran out of time" in v["Message"]]
+        assert bool(out_of_time) == (message == REDACTED)
