@@ -194,24 +194,17 @@ def built(monkeypatch: pytest.MonkeyPatch) -> Events:
 
 
 @pytest.fixture
-def make_handler() -> Iterator[Callable[..., Tuple[SpoolHandler, logging.Logger]]]:
-    """``make_handler(spool_dir, **options)`` → (handler, a logger feeding only it)."""
-    made: List[SpoolHandler] = []
+def make_handler(
+    make_handler: Callable[..., Tuple[SpoolHandler, logging.Logger]],
+) -> Callable[..., Tuple[SpoolHandler, logging.Logger]]:
+    """conftest's ``make_handler`` (every handler closed at teardown), this file's names."""
 
     def make(spool_dir: str, **options: Any) -> Tuple[SpoolHandler, logging.Logger]:
         options.setdefault("tenant_id", TENANT)
         options.setdefault("app_name", APP)
-        handler = SpoolHandler(spool_dir, **options)
-        made.append(handler)
-        logger = logging.getLogger(f"test_drain.{len(made)}.{id(handler)}")
-        logger.propagate = False
-        logger.setLevel(logging.DEBUG)
-        logger.handlers = [handler]
-        return handler, logger
+        return make_handler(spool_dir, **options)
 
-    yield make
-    for handler in made:
-        handler.close()
+    return make
 
 
 # ---------------------------------------------------------------------------
