@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
-from spoolkit import read_all
+from spoolkit import read_all, wait_until
 
 from cerbistream_spool import GovernanceConfigError, SpoolConfigError, verify
 from cerbistream_spool.diagnostics import Reporter
@@ -81,15 +81,6 @@ def spool_bytes(spool_dir: str) -> bytes:
         for name in files:
             out += Path(root, name).read_bytes()
     return out
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_a_logged_record_becomes_a_contract_event_on_disk(
@@ -217,11 +208,11 @@ def test_severity_comes_from_the_file_and_hot_reload_applies_the_next_record(
     logger.info("one", extra={"email": "x"})
     before = handler.governance.sha256
     write_rules(rules, severity="Sev-7")
-    assert wait_for(lambda: handler.governance.sha256 != before), "reload not seen"
+    assert wait_until(lambda: handler.governance.sha256 != before, 10), "reload not seen"
     logger.info("two", extra={"email": "x"})
     rules.write_text("{ not json")
     rules.write_text("{ not json either")
-    assert wait_for(lambda: "governance reload rejected" in stream.getvalue())
+    assert wait_until(lambda: "governance reload rejected" in stream.getvalue(), 10)
     time.sleep(0.3)  # give further events time to arrive: they must not be reported again
     logger.info("three", extra={"email": "x"})
     handler.close()
@@ -506,13 +497,13 @@ def test_last_error_clears_when_the_condition_ends_and_last_error_at_stays(
         assert handler.stats()["last_error"] is None
         assert handler.stats()["last_error_at"] is None
         rules.write_text("{not json")  # a bad reload: the old rules stay
-        assert wait_for(lambda: handler.stats()["last_error"] is not None)
+        assert wait_until(lambda: handler.stats()["last_error"] is not None, 10)
         failed = handler.stats()
         assert "governance reload rejected" in str(failed["last_error"])
         assert failed["last_error_at"] is not None
 
         write_rules(rules, severity="Error")  # fixed: the condition is over
-        assert wait_for(lambda: handler.stats()["last_error"] is None)
+        assert wait_until(lambda: handler.stats()["last_error"] is None, 10)
         assert handler.stats()["last_error_at"] == failed["last_error_at"]
     finally:
         handler.close()
