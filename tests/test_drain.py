@@ -276,6 +276,7 @@ def test_offline_start_then_peer_appears_delivers_everything_once(
 # 2. restarts during steady logging
 
 
+@pytest.mark.slow  # ~9 s; the fast tier keeps a dropped connection mid-batch (section 3)
 def test_peer_restarted_six_times_during_steady_logging_loses_nothing(
     spool_dir: str,
     peers: Callable[..., LocalPeer],
