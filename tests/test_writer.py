@@ -54,12 +54,12 @@ def test_segments_rotate_by_size_with_kafka_names_and_sealed_ones_never_change(
 
 
 def test_segments_rotate_by_age(spool_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    ahead = {"ns": 0}  # the writer's clock; moved 0.1 s on instead of sleeping
+    ahead = {"ns": 0}  # the writer's clock; moved 6 s on instead of sleeping
     monkeypatch.setattr(spool_writer, "_time_ns", lambda: time.time_ns() + ahead["ns"])
-    config = SpoolConfig(fsync="never", segment_max_age_s=0.05)
+    config = SpoolConfig(fsync="never", segment_max_age_s=5)
     with SpoolWriter(spool_dir, config) as writer:
         writer.append(event(0))
-        ahead["ns"] = 100_000_000
+        ahead["ns"] = 6_000_000_000
         writer.append(event(1))
         ahead["ns"] = 0  # (new segments are stamped by the real clock)
     assert len(segments(spool_dir)) == 2
