@@ -21,6 +21,8 @@ import sys
 import time
 from typing import List, Optional
 
+from spoolkit import wait_until
+
 from cerbistream_spool import SpoolHandler
 from cerbistream_spool.spool.reader import SpoolReader
 
@@ -87,11 +89,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     handler.flush()
     shipped = True
     if args.connection_string:
-        deadline = time.monotonic() + 60
-        while not nothing_pending(args.spool_dir) and time.monotonic() < deadline:
+
+        def all_shipped() -> bool:
             handler.drainer_wake()
-            time.sleep(0.05)
-        shipped = nothing_pending(args.spool_dir)
+            return nothing_pending(args.spool_dir)
+
+        shipped = wait_until(all_shipped, 60, every=0.05)
     stats = handler.stats()
     handler.close()
     print(json.dumps({"parent": True, "failed": failed, "shipped": shipped, "stats": stats}))

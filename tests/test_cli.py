@@ -10,6 +10,7 @@ socket that accepts TCP and never answers.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -142,32 +143,53 @@ def spool(tmp_path: Path) -> str:
     return d
 
 
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A loopback port that accepts TCP connections and never sends a byte."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    server.settimeout(0.1)
-    held: List[socket.socket] = []
-    done = threading.Event()
+class SilentListener:
+    """A loopback port that accepts TCP connections and never sends a byte; ``greeted`` is
+    set once a client sent its first bytes (the AMQP header) and so waits for a reply."""
 
-    def accept() -> None:
-        while not done.is_set():
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.server.settimeout(0.1)
+        self.port = int(self.server.getsockname()[1])
+        self.greeted = threading.Event()
+        self.held: List[socket.socket] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.done.is_set():
             try:
-                conn, _ = server.accept()
+                conn, _ = self.server.accept()
             except OSError:
                 continue
-            held.append(conn)
+            self.held.append(conn)
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                if conn.recv(8):
+                    self.greeted.set()
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield int(server.getsockname()[1])
-    done.set()
-    thread.join(5)
-    for conn in held:
-        conn.close()
-    server.close()
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(10)
+        for conn in self.held:
+            conn.close()
+        self.server.close()
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[SilentListener]:
+    listener = SilentListener()
+    yield listener
+    listener.close()
+
+
+@pytest.fixture
+def silent_port(silent_listener: SilentListener) -> int:
+    """A loopback port that accepts TCP connections and never sends a byte."""
+    return silent_listener.port
 
 
 @pytest.fixture
@@ -413,10 +435,12 @@ def test_sigint_or_sigterm_ends_drain_follow_within_a_second_with_the_summary(
 
 
 def test_sigint_ends_drain_follow_within_a_second_while_a_send_hangs(
-    spool: str, silent_port: int
+    spool: str, silent_listener: SilentListener
 ) -> None:
-    proc = start("drain", spool, "--follow", "--connection-string", conn_for(silent_port), "--json")
-    time.sleep(1.5)  # started, connected, stuck in the SDK's handshake read
+    port = silent_listener.port
+    proc = start("drain", spool, "--follow", "--connection-string", conn_for(port), "--json")
+    # started, connected, sent its header: stuck in the SDK's handshake read
+    assert silent_listener.greeted.wait(30), "the drainer never connected"
     out, err, _ = _stop_within(proc, signal.SIGINT, 1.0)
     assert proc.returncode == 1, err  # records remain
     assert "Traceback" not in err
@@ -424,10 +448,10 @@ def test_sigint_ends_drain_follow_within_a_second_while_a_send_hangs(
 
 
 def test_sigint_ends_one_shot_drain_with_summary_exit_130_and_no_traceback(
-    spool: str, silent_port: int
+    spool: str, silent_listener: SilentListener
 ) -> None:
-    proc = start("drain", spool, "--connection-string", conn_for(silent_port), "--json")
-    time.sleep(1.5)
+    proc = start("drain", spool, "--connection-string", conn_for(silent_listener.port), "--json")
+    assert silent_listener.greeted.wait(30), "the drainer never connected"  # a send hangs
     out, err, _ = _stop_within(proc, signal.SIGINT, 1.0)
     assert proc.returncode == 130, err
     assert "Traceback" not in err

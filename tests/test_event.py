@@ -672,7 +672,7 @@ extra_names = st.text(st.characters(exclude_categories=()), min_size=1, max_size
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(extras=st.dictionaries(extra_names, json_tree, max_size=6), relaxed=st.booleans())
 def test_any_extras_round_trip_through_msgpack_and_json(
     extras: Dict[str, Any], relaxed: bool
@@ -862,7 +862,7 @@ def shared_encoder(options: Dict[str, Any], governance: Optional[Governance]) ->
     return _ENCODERS[key]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     level=st.one_of(
         st.sampled_from([0, 5, 10, 19, 20, 25, 30, 40, 45, 50, 60]), st.integers(-(2**70), 2**70)

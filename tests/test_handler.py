@@ -13,19 +13,21 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
-from spoolkit import read_all
+from spoolkit import read_all, wait_until
 
 from cerbistream_spool import GovernanceConfigError, SpoolConfigError, verify
 from cerbistream_spool.diagnostics import Reporter
 from cerbistream_spool.event import build_event
 from cerbistream_spool.handler import SpoolHandler
 from cerbistream_spool.spool import SpoolWriter
+from cerbistream_spool.spool import writer as spool_writer
 from cerbistream_spool.spool.lanes import LANES_DIR
 from cerbistream_spool.spool.record import encode_body
 
+MakeHandler = Callable[..., Tuple[SpoolHandler, logging.Logger]]
 REPO = Path(__file__).resolve().parent.parent
 RULES = {
     "profiles": {
@@ -69,14 +71,6 @@ def rules(tmp_path: Path) -> Path:
     return path
 
 
-def make_logger(handler: logging.Handler, name: str = "app") -> logging.Logger:
-    logger = logging.getLogger(f"{name}.{id(handler)}")
-    logger.propagate = False
-    logger.handlers = [handler]
-    logger.setLevel(logging.DEBUG)
-    return logger
-
-
 def events(spool_dir: str) -> List[Dict[str, Any]]:
     return [r.value() for r in read_all(spool_dir) if r.kind == 1]
 
@@ -89,17 +83,10 @@ def spool_bytes(spool_dir: str) -> bytes:
     return out
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def test_a_logged_record_becomes_a_contract_event_on_disk(spool_dir: str, rules: Path) -> None:
-    handler = SpoolHandler(
+def test_a_logged_record_becomes_a_contract_event_on_disk(
+    spool_dir: str, rules: Path, make_handler: MakeHandler
+) -> None:
+    handler, logger = make_handler(
         spool_dir,
         tenant_id="my-tenant",
         app_name="my-python-app",
@@ -107,7 +94,7 @@ def test_a_logged_record_becomes_a_contract_event_on_disk(spool_dir: str, rules:
         governance_config_path=str(rules),
         drain=False,
     )
-    make_logger(handler).info("User logged in", extra={"user_id": "12345", "email": "a@b.c"})
+    logger.info("User logged in", extra={"user_id": "12345", "email": "a@b.c"})
     handler.close()
     (event,) = events(spool_dir)
     assert list(event) == [
@@ -142,12 +129,13 @@ def test_a_logged_record_becomes_a_contract_event_on_disk(spool_dir: str, rules:
 
 
 def test_the_spooled_body_is_encode_body_of_build_event_byte_for_byte(
-    spool_dir: str, rules: Path
+    spool_dir: str, rules: Path, make_handler: MakeHandler
 ) -> None:
     """The handler's encoder writes what ``encode_body(build_event(...))`` would (LogId aside)."""
     options: Dict[str, Any] = {"tenant_id": "t", "app_name": "a", "environment": "prod"}
-    handler = SpoolHandler(spool_dir, governance_config_path=str(rules), drain=False, **options)
-    logger = make_logger(handler)
+    handler, logger = make_handler(
+        spool_dir, governance_config_path=str(rules), drain=False, **options
+    )
     try:
         raise ValueError("boom")
     except ValueError:
@@ -176,8 +164,10 @@ def test_the_spooled_body_is_encode_body_of_build_event_byte_for_byte(
 
 
 @pytest.mark.parametrize("mode", ["always", "interval", "never"])
-def test_redact_and_block_keep_secrets_off_the_disk(spool_dir: str, rules: Path, mode: str) -> None:
-    handler = SpoolHandler(
+def test_redact_and_block_keep_secrets_off_the_disk(
+    spool_dir: str, rules: Path, mode: str, make_handler: MakeHandler
+) -> None:
+    handler, logger = make_handler(
         spool_dir,
         tenant_id="t",
         app_name="a",
@@ -185,7 +175,6 @@ def test_redact_and_block_keep_secrets_off_the_disk(spool_dir: str, rules: Path,
         fsync=mode,
         drain=False,
     )
-    logger = make_logger(handler)
     logger.info("hello", extra={"user": {"Email": "nested-secret@example.com"}})
     logger.warning("pw %s", "message-secret", extra={"password": "hunter2-secret"})
     handler.flush()
@@ -205,10 +194,10 @@ def test_redact_and_block_keep_secrets_off_the_disk(spool_dir: str, rules: Path,
 
 
 def test_severity_comes_from_the_file_and_hot_reload_applies_the_next_record(
-    spool_dir: str, rules: Path
+    spool_dir: str, rules: Path, make_handler: MakeHandler
 ) -> None:
     stream = io.StringIO()
-    handler = SpoolHandler(
+    handler, logger = make_handler(
         spool_dir,
         tenant_id="t",
         app_name="a",
@@ -216,15 +205,14 @@ def test_severity_comes_from_the_file_and_hot_reload_applies_the_next_record(
         drain=False,
         reporter=Reporter(stream=stream),
     )
-    logger = make_logger(handler)
     logger.info("one", extra={"email": "x"})
     before = handler.governance.sha256
     write_rules(rules, severity="Sev-7")
-    assert wait_for(lambda: handler.governance.sha256 != before), "reload not seen"
+    assert wait_until(lambda: handler.governance.sha256 != before, 10), "reload not seen"
     logger.info("two", extra={"email": "x"})
     rules.write_text("{ not json")
     rules.write_text("{ not json either")
-    assert wait_for(lambda: "governance reload rejected" in stream.getvalue())
+    assert wait_until(lambda: "governance reload rejected" in stream.getvalue(), 10)
     time.sleep(0.3)  # give further events time to arrive: they must not be reported again
     logger.info("three", extra={"email": "x"})
     handler.close()
@@ -290,12 +278,13 @@ class Exploding:
         raise RuntimeError("boom")
 
 
-def test_emit_never_raises_and_counts_what_it_could_not_spool(spool_dir: str) -> None:
+def test_emit_never_raises_and_counts_what_it_could_not_spool(
+    spool_dir: str, make_handler: MakeHandler
+) -> None:
     stream = io.StringIO()
-    handler = SpoolHandler(
+    handler, logger = make_handler(
         spool_dir, tenant_id="t", app_name="a", drain=False, reporter=Reporter(stream=stream)
     )
-    logger = make_logger(handler)
     logger.info("bad %s %s", "too-few-args")  # noqa: PLE1206 — the point of the test
     logger.info("odd extra", extra={"thing": Exploding()})
     logger.info("fine")
@@ -305,9 +294,10 @@ def test_emit_never_raises_and_counts_what_it_could_not_spool(spool_dir: str) ->
     assert stats["accepted"] >= 2
 
 
-def test_a_log_call_made_while_handling_a_record_does_not_recurse(spool_dir: str) -> None:
-    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
-    logger = make_logger(handler)
+def test_a_log_call_made_while_handling_a_record_does_not_recurse(
+    spool_dir: str, make_handler: MakeHandler
+) -> None:
+    handler, logger = make_handler(spool_dir, tenant_id="t", app_name="a", drain=False)
 
     class Chatty:
         def __str__(self) -> str:
@@ -347,12 +337,13 @@ def test_dictconfig_builds_the_handler_with_class_and_factory(tmp_path: Path) ->
         assert [e["RawPayload"]["message"] for e in events(spool)] == ["via dictConfig"]
 
 
-def test_structlog_rendering_through_stdlib_reaches_the_spool(spool_dir: str, rules: Path) -> None:
+def test_structlog_rendering_through_stdlib_reaches_the_spool(
+    spool_dir: str, rules: Path, make_handler: MakeHandler
+) -> None:
     structlog = pytest.importorskip("structlog")
-    handler = SpoolHandler(
+    handler, std = make_handler(
         spool_dir, tenant_id="t", app_name="a", governance_config_path=str(rules), drain=False
     )
-    std = make_logger(handler, "structlog")
     structlog.configure(
         processors=[structlog.stdlib.render_to_log_kwargs],
         logger_factory=lambda *args: std,
@@ -370,9 +361,12 @@ def test_structlog_rendering_through_stdlib_reaches_the_spool(spool_dir: str, ru
     assert event["RawPayload"]["email"] == "***REDACTED***"
 
 
-def test_close_releases_the_lane_and_flush_makes_everything_durable(spool_dir: str) -> None:
-    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", fsync="never", drain=False)
-    logger = make_logger(handler)
+def test_close_releases_the_lane_and_flush_makes_everything_durable(
+    spool_dir: str, make_handler: MakeHandler
+) -> None:
+    handler, logger = make_handler(
+        spool_dir, tenant_id="t", app_name="a", fsync="never", drain=False
+    )
     for i in range(10):
         logger.info("r%d", i)
     handler.flush()
@@ -384,9 +378,10 @@ def test_close_releases_the_lane_and_flush_makes_everything_durable(spool_dir: s
         assert writer.lane == 0
 
 
-def test_concurrent_emitters_share_group_commit(spool_dir: str) -> None:
-    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", fsync="always", drain=False)
-    logger = make_logger(handler)
+def test_concurrent_emitters_share_group_commit(spool_dir: str, make_handler: MakeHandler) -> None:
+    handler, logger = make_handler(
+        spool_dir, tenant_id="t", app_name="a", fsync="always", drain=False
+    )
     threads = [
         threading.Thread(target=lambda: [logger.info("x") for _ in range(50)]) for _ in range(4)
     ]
@@ -467,31 +462,37 @@ def test_an_unwritable_spool_directory_does_not_stop_the_app(tmp_path: Path) -> 
 # stats()
 
 
-def test_stats_count_events_only_and_an_idle_lane_has_no_pending_age(spool_dir: str) -> None:
+def test_stats_count_events_only_and_an_idle_lane_has_no_pending_age(
+    spool_dir: str, make_handler: MakeHandler
+) -> None:
     """Open and close records are never counted, also across restarts of the app."""
     for _ in range(2):
-        handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
+        handler, _ = make_handler(spool_dir, tenant_id="t", app_name="a", drain=False)
         stats = handler.stats()
         handler.close()
         assert (stats["accepted"], stats["pending_records"], stats["pending_bytes"]) == (0, 0, 0)
         assert stats["oldest_pending_age_s"] is None
 
 
-def test_oldest_pending_age_is_the_first_events_not_the_lanes_open_record(spool_dir: str) -> None:
-    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
-    try:
-        time.sleep(1.5)  # the lane's open record is 1.5 s old when the first event comes
-        make_logger(handler).info("first")
-        age = handler.stats()["oldest_pending_age_s"]
-    finally:
-        handler.close()
+def test_oldest_pending_age_is_the_first_events_not_the_lanes_open_record(
+    spool_dir: str, make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the writer's record clock runs 1.5 s behind while the lane opens: its open record
+    # is 1.5 s old when the first event comes (no real sleep)
+    behind = {"ns": 1_500_000_000}
+    monkeypatch.setattr(spool_writer, "_time_ns", lambda: time.time_ns() - behind["ns"])
+    handler, logger = make_handler(spool_dir, tenant_id="t", app_name="a", drain=False)
+    behind["ns"] = 0
+    logger.info("first")
+    age = handler.stats()["oldest_pending_age_s"]
     assert age is not None
     assert age < 1.5
 
 
-def test_stats_keep_their_last_values_after_close(spool_dir: str) -> None:
-    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
-    logger = make_logger(handler)
+def test_stats_keep_their_last_values_after_close(
+    spool_dir: str, make_handler: MakeHandler
+) -> None:
+    handler, logger = make_handler(spool_dir, tenant_id="t", app_name="a", drain=False)
     for i in range(3):
         logger.info("event %d", i)
     before = handler.stats()
@@ -514,10 +515,10 @@ def test_stats_keep_their_last_values_after_close(spool_dir: str) -> None:
 
 
 def test_last_error_clears_when_the_condition_ends_and_last_error_at_stays(
-    spool_dir: str, rules: Path
+    spool_dir: str, rules: Path, make_handler: MakeHandler
 ) -> None:
     stream = io.StringIO()
-    handler = SpoolHandler(
+    handler, _ = make_handler(
         spool_dir,
         tenant_id="t",
         app_name="a",
@@ -529,21 +530,22 @@ def test_last_error_clears_when_the_condition_ends_and_last_error_at_stays(
         assert handler.stats()["last_error"] is None
         assert handler.stats()["last_error_at"] is None
         rules.write_text("{not json")  # a bad reload: the old rules stay
-        assert wait_for(lambda: handler.stats()["last_error"] is not None)
+        assert wait_until(lambda: handler.stats()["last_error"] is not None, 10)
         failed = handler.stats()
         assert "governance reload rejected" in str(failed["last_error"])
         assert failed["last_error_at"] is not None
 
         write_rules(rules, severity="Error")  # fixed: the condition is over
-        assert wait_for(lambda: handler.stats()["last_error"] is None)
+        assert wait_until(lambda: handler.stats()["last_error"] is None, 10)
         assert handler.stats()["last_error_at"] == failed["last_error_at"]
     finally:
         handler.close()
 
 
-def test_a_write_error_clears_once_a_record_is_spooled_again(spool_dir: str) -> None:
-    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
-    logger = make_logger(handler)
+def test_a_write_error_clears_once_a_record_is_spooled_again(
+    spool_dir: str, make_handler: MakeHandler
+) -> None:
+    handler, logger = make_handler(spool_dir, tenant_id="t", app_name="a", drain=False)
     writer = handler.writer
     assert writer is not None
     real_write = os.write
@@ -569,10 +571,12 @@ def test_a_write_error_clears_once_a_record_is_spooled_again(spool_dir: str) -> 
     assert (stats["dropped"], stats["pending_records"]) == (1, 1)
 
 
-def test_stats_is_a_typed_dict_with_exactly_its_keys(spool_dir: str) -> None:
+def test_stats_is_a_typed_dict_with_exactly_its_keys(
+    spool_dir: str, make_handler: MakeHandler
+) -> None:
     from cerbistream_spool import SpoolStats  # noqa: PLC0415
 
-    handler = SpoolHandler(spool_dir, tenant_id="t", app_name="a", drain=False)
+    handler, _ = make_handler(spool_dir, tenant_id="t", app_name="a", drain=False)
     live = handler.stats()
     handler.close()
     assert set(live) == set(SpoolStats.__annotations__)

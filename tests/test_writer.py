@@ -8,21 +8,22 @@ import threading
 import time
 
 import pytest
-from spoolkit import SMALL, event, event_ids, frames, read_all, read_bytes, segments
+from spoolkit import (
+    SMALL,
+    event,
+    event_ids,
+    frames,
+    read_all,
+    read_bytes,
+    segments,
+    wait_until,
+)
 
 from cerbistream_spool import SpoolConfigError, SpoolFullError, verify
 from cerbistream_spool.errors import SpoolClosedError
 from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
+from cerbistream_spool.spool import writer as spool_writer
 from cerbistream_spool.spool.lanes import lane_dir
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_append_returns_strictly_increasing_seqs_from_one(spool_dir: str) -> None:
@@ -52,12 +53,15 @@ def test_segments_rotate_by_size_with_kafka_names_and_sealed_ones_never_change(
     assert verify(spool_dir).valid
 
 
-def test_segments_rotate_by_age(spool_dir: str) -> None:
-    config = SpoolConfig(fsync="never", segment_max_age_s=0.05)
+def test_segments_rotate_by_age(spool_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    ahead = {"ns": 0}  # the writer's clock; moved 6 s on instead of sleeping
+    monkeypatch.setattr(spool_writer, "_time_ns", lambda: time.time_ns() + ahead["ns"])
+    config = SpoolConfig(fsync="never", segment_max_age_s=5)
     with SpoolWriter(spool_dir, config) as writer:
         writer.append(event(0))
-        time.sleep(0.1)
+        ahead["ns"] = 6_000_000_000
         writer.append(event(1))
+        ahead["ns"] = 0  # (new segments are stamped by the real clock)
     assert len(segments(spool_dir)) == 2
 
 
@@ -156,7 +160,7 @@ def test_interval_mode_becomes_durable_within_the_interval(spool_dir: str) -> No
     with SpoolWriter(spool_dir, SpoolConfig(fsync="interval")) as writer:
         seq = writer.append(event(0))
         assert writer.stats()["accepted"] == seq
-        assert wait_for(lambda: writer.stats()["durable"] >= seq, timeout=2.0)
+        assert wait_until(lambda: writer.stats()["durable"] >= seq, timeout=2.0)
 
 
 def test_never_mode_is_durable_after_flush(spool_dir: str) -> None:
