@@ -357,7 +357,7 @@ _MAX_PLANS = 1024
 MAX_SCAN_CHARS = 65536  # per text: patterns see at most this many characters of it
 # per record: the time all pattern searches of one scan_text call may take together.
 # regex measures it as process CPU time (clock()); past it the text fails closed.
-SCAN_BUDGET_S = 0.020
+SCAN_BUDGET_S = 0.050
 _MAX_WALK_DEPTH = 64  # nesting levels check/redact descend (lists of lists included)
 
 

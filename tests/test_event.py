@@ -48,6 +48,7 @@ from cerbistream_spool.governance import REDACTED, Governance, load_governance, 
 from cerbistream_spool.spool.record import encode_body
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
+IN_CI = bool(os.environ.get("CI"))  # .ci/run: the property tests' full example counts
 CONTRACT_CREATED = datetime(2026, 2, 3, 22, 0, 0, 123456, tzinfo=timezone.utc).timestamp()
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
@@ -672,7 +673,7 @@ extra_names = st.text(st.characters(exclude_categories=()), min_size=1, max_size
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=300 if IN_CI else 100, deadline=None)
 @given(extras=st.dictionaries(extra_names, json_tree, max_size=6), relaxed=st.booleans())
 def test_any_extras_round_trip_through_msgpack_and_json(
     extras: Dict[str, Any], relaxed: bool
@@ -741,8 +742,14 @@ def assert_encoder_bytes_equal_build_event(
         governance=governance,
     )
     event["LogId"] = log_id
+    if _ran_out_of_time(msgpack.unpackb(body, raw=False)) or _ran_out_of_time(event):
+        return body  # a time budget is not deterministic: one of the two scans failed closed
     assert body == encode_body(event), (msgpack.unpackb(body, raw=False), event)
     return body
+
+
+def _ran_out_of_time(event: Dict[str, Any]) -> bool:
+    return any("ran out of time" in v["Message"] for v in event["Violations"])
 
 
 ENCODER_GOVERNANCE_TEXT = json.dumps(
@@ -862,7 +869,7 @@ def shared_encoder(options: Dict[str, Any], governance: Optional[Governance]) ->
     return _ENCODERS[key]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=500 if IN_CI else 150, deadline=None)
 @given(
     level=st.one_of(
         st.sampled_from([0, 5, 10, 19, 20, 25, 30, 40, 45, 50, 60]), st.integers(-(2**70), 2**70)

@@ -816,7 +816,7 @@ def test_a_scan_out_of_time_fails_closed(tmp_path: Path) -> None:
         ("R-1", "message", "Critical"),
         ("R-1", "v", "Critical"),
     ]
-    assert "the scan ran out of time (20 ms per record)" in scan.violations[0].message
+    assert "the scan ran out of time (50 ms per record)" in scan.violations[0].message
     # the next record has a budget of its own
     assert gov.scan_text("short", {}).violations == ()
 
