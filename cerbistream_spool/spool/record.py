@@ -25,6 +25,13 @@ length matches; and the bytes checksummed for candidates that turn out bad are b
 by a :class:`ScanBudget` per buffer (twice its size plus 1 MiB). Past that budget the
 rest of the buffer counts as unreadable (``ScanBudget.exhausted``), so a crafted
 segment cannot make a scan quadratic.
+
+Walking a buffer (:func:`scan`) is done here once for every caller: it yields a
+:class:`Scanned` record (offset, end) or a :class:`ScanDamage` (offset, kind
+``checksum``/``format``/``torn``, where the scan resynchronised, None when nothing
+valid follows) and goes on from there; each caller keeps only its policy (the reader
+hands records out and reports damage, recovery truncates or quarantines, verify
+collects problems).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import struct
 import threading
 import zlib
 from enum import IntEnum
-from typing import Any, NamedTuple, Optional, Tuple, Union
+from typing import Any, Iterator, Literal, NamedTuple, Optional, Tuple, Union, overload
 
 import msgpack
 
@@ -50,6 +57,8 @@ __all__ = [
     "Kind",
     "Record",
     "ScanBudget",
+    "ScanDamage",
+    "Scanned",
     "canonical_bytes",
     "decode_body",
     "decode_payload",
@@ -58,6 +67,7 @@ __all__ = [
     "encode_record",
     "find_next_frame",
     "read_frame",
+    "scan",
 ]
 
 Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
@@ -285,3 +295,95 @@ def decode_payload(payload: bytes) -> Union[Record, str]:
 
 
 _KINDS = frozenset(int(k) for k in Kind)
+
+
+class Scanned(NamedTuple):
+    """A valid record found by :func:`scan`: its frame spans ``buf[offset:end]``."""
+
+    offset: int
+    end: int
+    record: Record
+
+
+class ScanDamage(NamedTuple):
+    """Bytes :func:`scan` could not read as a record.
+
+    ``kind``: ``checksum`` (length, trailer or CRC mismatch), ``format`` (a sound frame
+    whose payload is not a record) or ``torn`` (a frame running past the end with
+    nothing valid after it). ``resync``: where the scan goes on, None when nothing
+    valid follows (or the buffer's :class:`ScanBudget` is spent: see its ``exhausted``).
+    """
+
+    offset: int
+    kind: str
+    detail: str
+    resync: Optional[int]
+
+
+@overload
+def scan(
+    buf: Buffer,
+    offset: int,
+    budget: Optional[ScanBudget] = ...,
+    *,
+    decode: Literal[True] = ...,
+    resync: bool = ...,
+) -> Iterator[Union[Scanned, ScanDamage]]: ...
+
+
+@overload
+def scan(
+    buf: Buffer,
+    offset: int,
+    budget: Optional[ScanBudget] = ...,
+    *,
+    decode: Literal[False],
+    resync: bool = ...,
+) -> Iterator[Union[Frame, ScanDamage]]: ...
+
+
+def scan(
+    buf: Buffer,
+    offset: int,
+    budget: Optional[ScanBudget] = None,
+    *,
+    decode: bool = True,
+    resync: bool = True,
+) -> Iterator[Union[Scanned, Frame, ScanDamage]]:
+    """Walk the frames of ``buf`` from ``offset``; never raises.
+
+    Yields a :class:`Scanned` per record (``decode=False``: the OK :class:`Frame`,
+    payload not decoded) and a :class:`ScanDamage` per bad stretch, after which it
+    goes on at the damage's ``resync``; it ends at the end of the data, at a torn
+    frame, or at damage with nothing valid after it. ``budget``: one per buffer (a
+    fresh one when not given). ``resync=False``: no resynchronisation at all
+    (frames that are not records, such as the losses ledger's).
+    """
+    if budget is None:
+        budget = ScanBudget(len(buf))
+    while True:
+        frame = read_frame(buf, offset, resync, budget)
+        status = frame.status
+        if status is FrameStatus.OK:
+            if not decode:
+                yield frame
+                offset = frame.end
+                continue
+            rec = decode_payload(frame.payload)
+            if isinstance(rec, Record):
+                yield Scanned(offset, frame.end, rec)
+                offset = frame.end
+                continue
+            kind, detail = "format", rec
+        elif status is FrameStatus.END:
+            return
+        elif status is FrameStatus.TORN:
+            yield ScanDamage(offset, "torn", frame.detail, None)
+            return
+        else:
+            kind, detail = "checksum", frame.detail
+        following = find_next_frame(buf, offset + 1, budget) if resync else None
+        yield ScanDamage(offset, kind, detail, following)
+        if following is None:
+            return
+        offset = following
