@@ -26,13 +26,14 @@ from cerbistream_spool.spool.cursor import Cursor, read_cursor
 from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir, read_regular
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir
 from cerbistream_spool.spool.record import (
-    FrameStatus,
     Kind,
     Record,
     ScanBudget,
+    ScanDamage,
+    Scanned,
     decode_payload,
-    find_next_frame,
     read_frame,
+    scan,
 )
 from cerbistream_spool.spool.segments import (
     HEADER_SIZE,
@@ -65,62 +66,45 @@ def scan_tail(buf: bytes, decode_all: bool = False, budget: Optional[ScanBudget]
     again decoding every frame, and the first undecodable one counts as damage.
     """
     offset = HEADER_SIZE
-    last_ok: Optional[Tuple[int, bytes]] = None
+    last_at: Optional[int] = None
     count = 0
     if budget is None:
         budget = ScanBudget(len(buf))
-    while True:
-        frame = read_frame(buf, offset, budget=budget)
-        if frame.status is FrameStatus.OK:
-            if not decode_all or isinstance(decode_payload(frame.payload), Record):
-                last_ok, count, offset = (offset, frame.payload), count + 1, frame.end
-                continue
-            frame = frame._replace(status=FrameStatus.CORRUPT, detail="undecodable payload")
-        last = None
-        if last_ok is not None:
-            decoded = decode_payload(last_ok[1])
-            if not isinstance(decoded, Record):
-                return scan_tail(buf, decode_all=True, budget=budget)
-            last = decoded
-        if frame.status is FrameStatus.END:
-            return Tail(offset, last, count)
-        if frame.status is FrameStatus.TORN:
-            return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=frame.detail)
-        resync = find_next_frame(buf, offset + 1, budget)
-        if resync is None and budget.exhausted:  # crafted or badly damaged: keep it all
-            return Tail(
-                offset, last, count, corrupt_at=offset, detail=f"{frame.detail}; resync gave up"
-            )
-        if resync is None:  # nothing valid after it: a torn (partially written) tail
-            return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=frame.detail)
-        return Tail(
-            offset,
-            last,
-            count,
-            corrupt_at=offset,
-            max_seq_after=_max_seq_from(buf, resync, budget),
-            detail=frame.detail,
-        )
+    damage: Optional[ScanDamage] = None
+    items = scan(buf, offset, budget) if decode_all else scan(buf, offset, budget, decode=False)
+    for item in items:
+        if isinstance(item, ScanDamage):
+            damage = item
+            break
+        last_at, count, offset = item.offset, count + 1, item.end
+    last = None
+    if last_at is not None:
+        decoded = decode_payload(read_frame(buf, last_at).payload)
+        if not isinstance(decoded, Record):
+            return scan_tail(buf, decode_all=True, budget=budget)
+        last = decoded
+    if damage is None:
+        return Tail(offset, last, count)
+    detail = "undecodable payload" if damage.kind == "format" else damage.detail
+    if damage.resync is None and damage.kind != "torn" and budget.exhausted:
+        # crafted or badly damaged: keep it all
+        return Tail(offset, last, count, corrupt_at=offset, detail=f"{detail}; resync gave up")
+    if damage.resync is None:  # nothing valid after it: a torn (partially written) tail
+        return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=detail)
+    return Tail(
+        offset,
+        last,
+        count,
+        corrupt_at=offset,
+        max_seq_after=_max_seq_from(buf, damage.resync, budget),
+        detail=detail,
+    )
 
 
 def _max_seq_from(buf: bytes, offset: int, budget: Optional[ScanBudget] = None) -> Optional[int]:
     """Highest seq among valid frames from ``offset`` on, resyncing past bad ones."""
-    best: Optional[int] = None
-    pos: Optional[int] = offset
-    if budget is None:
-        budget = ScanBudget(len(buf))
-    while pos is not None:
-        frame = read_frame(buf, pos, budget=budget)
-        if frame.status is FrameStatus.OK:
-            rec = decode_payload(frame.payload)
-            if isinstance(rec, Record):
-                best = rec.seq if best is None else max(best, rec.seq)
-            pos = frame.end
-            continue
-        if frame.status is not FrameStatus.CORRUPT:
-            return best
-        pos = find_next_frame(buf, pos + 1, budget)
-    return best
+    seqs = [item.record.seq for item in scan(buf, offset, budget) if isinstance(item, Scanned)]
+    return max(seqs) if seqs else None
 
 
 @dataclass
