@@ -38,6 +38,7 @@ from cerbistream_spool.spool.lanes import (
     list_lanes,
 )
 from cerbistream_spool.spool.losses import LedgerEntry, read_ledger
+from cerbistream_spool.spool.markers import GapReason, gap_fields
 from cerbistream_spool.spool.record import (
     Kind,
     Record,
@@ -327,7 +328,7 @@ class _LaneCheck:
         if rec.kind == Kind.GAP:
             body = _safe_body(rec.body)
             if isinstance(body, dict):
-                fields = _gap_fields(body)
+                fields = gap_fields(body)
                 self.report.gaps.append(
                     {"lane": self.lane, "seq": rec.seq, **fields, "source": "lane"}
                 )
@@ -453,7 +454,7 @@ def _check_ledger(
             continue
         _check_entry(entry, sha, mac, report)
         body = entry.gap()
-        fields = _gap_fields(body) if body is not None else {}
+        fields = gap_fields(body) if body is not None else {}
         report.gaps.append(
             {
                 "lane": entry.lane,
@@ -490,25 +491,6 @@ def _check_entry(
         report.signatures = "unchecked"
 
 
-_GAP_FIELDS: Dict[str, Tuple[type, ...]] = {
-    "reason": (str,),
-    "count": (int,),
-    "first_seq": (int, type(None)),
-    "last_seq": (int, type(None)),
-    "lane": (int,),
-    "detail": (str,),
-}
-
-
-def _gap_fields(body: Dict[Any, Any]) -> Dict[str, Any]:
-    """The gap fields of FORMAT.md §4.2 that have their type (a hostile body stays JSON)."""
-    return {
-        name: body[name]
-        for name, types in _GAP_FIELDS.items()
-        if name in body and isinstance(body[name], types) and not isinstance(body[name], bool)
-    }
-
-
 def _explained(fields: Dict[str, Any], lane: int) -> Optional[Tuple[int, int, int]]:
     """``(lane, first, last)`` a gap explains, None for none.
 
@@ -517,7 +499,12 @@ def _explained(fields: Dict[str, Any], lane: int) -> Optional[Tuple[int, int, in
     (a drainer records corruption of lane X in its own lane).
     """
     first, last = fields.get("first_seq"), fields.get("last_seq")
-    if fields.get("reason") == "dead-letter" or first is None or last is None or first > last:
+    if (
+        fields.get("reason") == GapReason.DEAD_LETTER
+        or first is None
+        or last is None
+        or first > last
+    ):
         return None
     return fields.get("lane", lane), first, last
 

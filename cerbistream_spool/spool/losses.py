@@ -49,6 +49,7 @@ from cerbistream_spool.spool.fsio import (
     temp_target,
     write_all,
 )
+from cerbistream_spool.spool.markers import gap_fields
 from cerbistream_spool.spool.record import (
     MAX_PAYLOAD,
     Record,
@@ -297,7 +298,7 @@ def _unique(entries: Iterable[LedgerEntry]) -> List[LedgerEntry]:
 def _tally(carried: Totals, entries: Iterable[LedgerEntry]) -> Totals:
     totals = {reason: dict(counts) for reason, counts in carried.items()}
     for entry in entries:
-        gap = entry.gap() or {}
+        gap = gap_fields(entry.gap() or {})
         reason = gap.get("reason")
         count = _count(gap.get("count"))
         slot = totals.setdefault(reason if isinstance(reason, str) else "unknown", {})

@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
 from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir, read_regular
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir
+from cerbistream_spool.spool.markers import Gap, GapReason
 from cerbistream_spool.spool.record import (
     Kind,
     Record,
@@ -119,7 +120,7 @@ class LaneState:
     cursor: Cursor
     clean: bool
     notes: List[str] = field(default_factory=list)
-    gaps: List[Dict[str, Any]] = field(default_factory=list)
+    gaps: List[Gap] = field(default_factory=list)
     truncated_bytes: int = 0
 
 
@@ -180,7 +181,12 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
         state.next_seq = max(state.next_seq, prev_seq + 1)
         if state.next_seq > prev_seq + 1:
             state.gaps.append(
-                _gap(prev_seq + 1, state.next_seq - 1, "corruption", f"segment lost: {problem}")
+                Gap.span(
+                    GapReason.CORRUPTION,
+                    prev_seq + 1,
+                    state.next_seq - 1,
+                    f"segment lost: {problem}",
+                )
             )
         return state
     tail = scan_tail(buf)
@@ -188,7 +194,7 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
     state.last_hash = tail.last.hash if tail.last else header.anchor
     state.clean = tail.last is not None and tail.last.kind == Kind.CLOSE
     size = len(buf)
-    reason, detail = "lost", "records delivered before a crash are gone from disk"
+    reason, detail = GapReason.LOST, "records delivered before a crash are gone from disk"
     if tail.torn_bytes:
         with open(path, "r+b") as fh:
             fh.truncate(tail.good_end)
@@ -203,7 +209,7 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
         moved = _quarantine(spool_dir, lane, path)
         atomic_write(path, buf[: tail.good_end])
         size = tail.good_end
-        reason, detail = "corruption", f"offset {tail.corrupt_at}: {tail.detail}"
+        reason, detail = GapReason.CORRUPTION, f"offset {tail.corrupt_at}: {tail.detail}"
         notes.append(
             f"corruption in {os.path.basename(path)} at offset {tail.corrupt_at} ({tail.detail});"
             f" original quarantined to {moved}, valid prefix kept"
@@ -212,7 +218,7 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
         state.clean = False
     state.next_seq = max(state.next_seq, last_seq + 1)
     if state.next_seq > last_seq + 1:  # in-line gap: consumes the lost sequence numbers
-        state.gaps.append(_gap(last_seq + 1, state.next_seq - 1, reason, detail))
+        state.gaps.append(Gap.span(reason, last_seq + 1, state.next_seq - 1, detail))
     state.active = (base, path, header, size)
     return state
 
@@ -230,13 +236,3 @@ def _last_record(path: str, seq: int, digest: bytes) -> Tuple[int, bytes]:
     if tail.last is None:
         return header.base_seq - 1, header.anchor
     return tail.last.seq, tail.last.hash
-
-
-def _gap(first: int, last: int, reason: str, detail: str) -> Dict[str, Any]:
-    return {
-        "reason": reason,
-        "count": last - first + 1,
-        "first_seq": first,
-        "last_seq": last,
-        "detail": detail,
-    }
