@@ -73,6 +73,8 @@ __all__ = [
 Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 _local = threading.local()
 _U32 = struct.Struct("<I")
+_U32X2 = struct.Struct("<II")
+_new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
 _CANON = struct.Struct("<QBq")
 FRAME_OVERHEAD = 12
 MAX_PAYLOAD = 16 * 1024 * 1024
@@ -195,6 +197,9 @@ def read_frame(
     length field was damaged, which is CORRUPT.
     """
     total = len(buf)
+    payload = _sound_payload(buf, offset, total)
+    if payload is not None:
+        return Frame(FrameStatus.OK, offset, offset + len(payload) + FRAME_OVERHEAD, payload, "")
     if offset >= total:
         return Frame(FrameStatus.END, offset, offset, b"", "")
     if offset + 4 > total:
@@ -219,6 +224,21 @@ def read_frame(
             FrameStatus.CORRUPT, offset, end, payload, f"crc32 {actual:#010x} != stored {crc:#010x}"
         )
     return Frame(FrameStatus.OK, offset, end, payload, "")
+
+
+def _sound_payload(buf: Buffer, offset: int, total: int) -> Optional[bytes]:
+    """The payload of the frame at ``offset`` when it is whole and its trailer and CRC match."""
+    start = offset + 4
+    if start > total:
+        return None
+    (size,) = _U32.unpack_from(buf, offset)
+    if size < _MIN_PAYLOAD or size > MAX_PAYLOAD or start + size + 8 > total:
+        return None
+    payload = bytes(buf[start : start + size])
+    crc, trailer = _U32X2.unpack_from(buf, start + size)
+    if trailer != size or crc != zlib.crc32(payload, zlib.crc32(bytes(buf[offset:start]))):
+        return None
+    return payload
 
 
 def _damaged_length(buf: Buffer, offset: int, total: int) -> bool:
@@ -291,7 +311,7 @@ def decode_payload(payload: bytes) -> Union[Record, str]:
         return "hash is not 32 bytes"
     if not isinstance(body, bytes):
         return "body is not bin"
-    return Record(seq, kind, ts_ns, prev_hash, digest, body)
+    return _new_tuple(Record, fields)
 
 
 _KINDS = frozenset(int(k) for k in Kind)
@@ -359,28 +379,30 @@ def scan(
     fresh one when not given). ``resync=False``: no resynchronisation at all
     (frames that are not records, such as the losses ledger's).
     """
+    total = len(buf)
     if budget is None:
-        budget = ScanBudget(len(buf))
+        budget = ScanBudget(total)
     while True:
-        frame = read_frame(buf, offset, resync, budget)
-        status = frame.status
-        if status is FrameStatus.OK:
+        payload = _sound_payload(buf, offset, total)  # the common case, without a Frame
+        if payload is not None:
+            end = offset + len(payload) + FRAME_OVERHEAD
             if not decode:
-                yield frame
-                offset = frame.end
+                yield Frame(FrameStatus.OK, offset, end, payload, "")
+                offset = end
                 continue
-            rec = decode_payload(frame.payload)
+            rec = decode_payload(payload)
             if isinstance(rec, Record):
-                yield Scanned(offset, frame.end, rec)
-                offset = frame.end
+                yield _new_tuple(Scanned, (offset, end, rec))
+                offset = end
                 continue
             kind, detail = "format", rec
-        elif status is FrameStatus.END:
-            return
-        elif status is FrameStatus.TORN:
-            yield ScanDamage(offset, "torn", frame.detail, None)
-            return
-        else:
+        else:  # read_frame says why (it finds what _sound_payload found: not OK)
+            frame = read_frame(buf, offset, resync, budget)
+            if frame.status is FrameStatus.END:
+                return
+            if frame.status is FrameStatus.TORN:
+                yield ScanDamage(offset, "torn", frame.detail, None)
+                return
             kind, detail = "checksum", frame.detail
         following = find_next_frame(buf, offset + 1, budget) if resync else None
         yield ScanDamage(offset, kind, detail, following)
