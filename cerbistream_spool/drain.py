@@ -62,8 +62,9 @@ from cerbistream_spool.spool.lanes import (
     lane_dir,
     list_lanes,
 )
+from cerbistream_spool.spool.markers import Gap, GapReason
 from cerbistream_spool.spool.reader import Batch, Damage, SpoolReader
-from cerbistream_spool.spool.record import Kind, encode_body
+from cerbistream_spool.spool.record import Kind
 from cerbistream_spool.spool.writer import SpoolWriter
 from cerbistream_spool.status import write_drain_status
 from cerbistream_spool.transports.base import OutgoingMessage, Transport, message_for_record
@@ -222,15 +223,15 @@ class Drainer:
         copy = self._quarantine_copy(damage) if not self.replay else None
         detail = f"{where}: {damage.detail}" + (f"; copy in {copy}" if copy else "")
         if not self.replay and damage.lost:
-            gap = {
-                "reason": "corruption",
-                "count": damage.lost,
-                "first_seq": damage.first_seq,
-                "last_seq": damage.last_seq,
-                "lane": damage.lane,
-                "detail": detail,
-            }
-            self._gap_writer().append_body(encode_body(gap), Kind.GAP)
+            gap = Gap(
+                GapReason.CORRUPTION,
+                damage.lost,
+                detail,
+                damage.first_seq,
+                damage.last_seq,
+                damage.lane,
+            )
+            self._gap_writer().append_body(gap.encode(), Kind.GAP)
         self._stats.corrupt_records += damage.lost
         self._loss_note = f"corruption: {lost} lost in {detail}"
         self._stats.last_error_at = time.time()
@@ -274,15 +275,8 @@ class Drainer:
         if self.replay:
             self._stats.dead_lettered += 1
             return
-        gap = {
-            "reason": "dead-letter",
-            "count": 1,
-            "first_seq": seq,
-            "last_seq": seq,
-            "lane": lane,
-            "detail": reason,
-        }
-        self._gap_writer().append_body(encode_body(gap), Kind.GAP)
+        gap = Gap.span(GapReason.DEAD_LETTER, seq, seq, reason, lane)
+        self._gap_writer().append_body(gap.encode(), Kind.GAP)
         self._stats.dead_lettered += 1
 
     def _gap_writer(self) -> SpoolWriter:

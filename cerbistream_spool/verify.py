@@ -38,16 +38,15 @@ from cerbistream_spool.spool.lanes import (
     list_lanes,
 )
 from cerbistream_spool.spool.losses import LedgerEntry, read_ledger
+from cerbistream_spool.spool.markers import GapReason, gap_fields
 from cerbistream_spool.spool.record import (
-    FrameStatus,
     Kind,
     Record,
     ScanBudget,
+    ScanDamage,
     canonical_bytes,
     decode_body,
-    decode_payload,
-    find_next_frame,
-    read_frame,
+    scan,
 )
 from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_segments
 
@@ -273,38 +272,32 @@ class _LaneCheck:
             )
         self.link_segment(name, base, header.anchor, header.created_ns)
         anchor: Optional[bytes] = header.anchor
-        offset = HEADER_SIZE
         first = True
         budget = ScanBudget(len(buf))
-        while True:
-            frame = read_frame(buf, offset, budget=budget)
-            if frame.status is FrameStatus.END:
-                return
-            if frame.status is FrameStatus.TORN:
+        for item in scan(buf, HEADER_SIZE, budget):
+            if isinstance(item, ScanDamage) and item.kind == "torn":
                 if is_last and not self.live:
-                    self.torn = (name, offset, frame.detail)
+                    self.torn = (name, item.offset, item.detail)
                 elif not is_last:
                     self.tail_reported = True
-                    self.problem(name, offset, None, "truncated-tail", frame.detail)
+                    self.problem(name, item.offset, None, "truncated-tail", item.detail)
                 return
-            rec = decode_payload(frame.payload) if frame.status is FrameStatus.OK else frame.detail
-            if isinstance(rec, str):
-                kind = "checksum" if frame.status is FrameStatus.CORRUPT else "format"
-                resync = find_next_frame(buf, offset + 1, budget)
-                if resync is None and is_last and not self.live and not budget.exhausted:
+            if isinstance(item, ScanDamage):
+                if item.resync is None and is_last and not self.live and not budget.exhausted:
                     # a bad last frame with nothing valid after it: a torn tail (FORMAT.md §8)
-                    self.torn = (name, offset, rec)
+                    self.torn = (name, item.offset, item.detail)
                     return
-                self.problem(name, offset, None, kind, rec)
-                if resync is None:
+                self.problem(name, item.offset, None, item.kind, item.detail)
+                if item.resync is None:
                     self.tail_reported = self.tail_reported or is_last
                     return
-                offset, self.resynced, anchor = resync, True, None
+                self.resynced, anchor = True, None
                 continue
+            rec = item.record
             if first and rec.seq != base and not self.resynced:
-                self.problem(name, offset, rec.seq, "chain", f"first record is seq {rec.seq}")
-            self.record(name, offset, rec, anchor, header.keyed)
-            anchor, first, offset = rec.hash, False, frame.end
+                self.problem(name, item.offset, rec.seq, "chain", f"first record is seq {rec.seq}")
+            self.record(name, item.offset, rec, anchor, header.keyed)
+            anchor, first = rec.hash, False
 
     def link_segment(self, name: str, base: int, anchor: bytes, created_ns: int) -> None:
         prev = self.prev
@@ -335,7 +328,7 @@ class _LaneCheck:
         if rec.kind == Kind.GAP:
             body = _safe_body(rec.body)
             if isinstance(body, dict):
-                fields = _gap_fields(body)
+                fields = gap_fields(body)
                 self.report.gaps.append(
                     {"lane": self.lane, "seq": rec.seq, **fields, "source": "lane"}
                 )
@@ -461,7 +454,7 @@ def _check_ledger(
             continue
         _check_entry(entry, sha, mac, report)
         body = entry.gap()
-        fields = _gap_fields(body) if body is not None else {}
+        fields = gap_fields(body) if body is not None else {}
         report.gaps.append(
             {
                 "lane": entry.lane,
@@ -498,25 +491,6 @@ def _check_entry(
         report.signatures = "unchecked"
 
 
-_GAP_FIELDS: Dict[str, Tuple[type, ...]] = {
-    "reason": (str,),
-    "count": (int,),
-    "first_seq": (int, type(None)),
-    "last_seq": (int, type(None)),
-    "lane": (int,),
-    "detail": (str,),
-}
-
-
-def _gap_fields(body: Dict[Any, Any]) -> Dict[str, Any]:
-    """The gap fields of FORMAT.md §4.2 that have their type (a hostile body stays JSON)."""
-    return {
-        name: body[name]
-        for name, types in _GAP_FIELDS.items()
-        if name in body and isinstance(body[name], types) and not isinstance(body[name], bool)
-    }
-
-
 def _explained(fields: Dict[str, Any], lane: int) -> Optional[Tuple[int, int, int]]:
     """``(lane, first, last)`` a gap explains, None for none.
 
@@ -525,7 +499,12 @@ def _explained(fields: Dict[str, Any], lane: int) -> Optional[Tuple[int, int, in
     (a drainer records corruption of lane X in its own lane).
     """
     first, last = fields.get("first_seq"), fields.get("last_seq")
-    if fields.get("reason") == "dead-letter" or first is None or last is None or first > last:
+    if (
+        fields.get("reason") == GapReason.DEAD_LETTER
+        or first is None
+        or last is None
+        or first > last
+    ):
         return None
     return fields.get("lane", lane), first, last
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
 from cerbistream_spool.spool.lanes import lane_dir
-from cerbistream_spool.spool.record import FrameStatus, Record, decode_payload, read_frame
+from cerbistream_spool.spool.record import Record, Scanned, scan
 from cerbistream_spool.spool.segments import HEADER_SIZE, list_segments
 
 SMALL = SpoolConfig(fsync="never", segment_max_bytes=4096, max_spool_bytes=1 << 24)
@@ -35,15 +35,11 @@ def frames(path: str) -> List[Tuple[int, int, Record]]:
     with open(path, "rb") as fh:
         buf = fh.read()
     out = []
-    offset = HEADER_SIZE
-    while True:
-        frame = read_frame(buf, offset)
-        if frame.status is not FrameStatus.OK:
+    for item in scan(buf, HEADER_SIZE):
+        if not isinstance(item, Scanned):
             return out
-        rec = decode_payload(frame.payload)
-        assert isinstance(rec, Record)
-        out.append((offset, frame.end, rec))
-        offset = frame.end
+        out.append((item.offset, item.end, item.record))
+    return out
 
 
 def read_all(spool_dir: str, ack: bool = False) -> List[Record]:

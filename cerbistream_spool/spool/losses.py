@@ -49,14 +49,15 @@ from cerbistream_spool.spool.fsio import (
     temp_target,
     write_all,
 )
+from cerbistream_spool.spool.markers import gap_fields
 from cerbistream_spool.spool.record import (
     MAX_PAYLOAD,
-    FrameStatus,
     Record,
+    ScanDamage,
     decode_body,
     encode_body,
     encode_frame,
-    read_frame,
+    scan,
 )
 
 __all__ = [
@@ -202,22 +203,16 @@ def _parse(ldir: str, name: str) -> _File:
         found.problems.append(LedgerProblem(rel, _READ_LIMIT, "format", detail))
         found.damaged = True
     offset = 0
-    while True:
-        frame = read_frame(buf, offset, resync=False)
-        if frame.status is FrameStatus.END:
-            if offset == 0:
-                found.problems.append(LedgerProblem(rel, 0, "format", "empty, no header"))
-                found.damaged = True
-            break
-        if frame.status is FrameStatus.TORN and not found.damaged:
-            break  # an append cut short by a crash: its gaps are still in their lane
-        if frame.status is not FrameStatus.OK:
-            kind = "checksum" if frame.status is FrameStatus.CORRUPT else "format"
-            detail = f"{frame.detail}; the {len(buf) - offset} bytes from here are not read"
-            found.problems.append(LedgerProblem(rel, offset, kind, detail))
+    for item in scan(buf, 0, decode=False, resync=False):
+        if isinstance(item, ScanDamage):
+            if item.kind == "torn" and not found.damaged:
+                break  # an append cut short by a crash: its gaps are still in their lane
+            kind = "format" if item.kind == "torn" else item.kind
+            detail = f"{item.detail}; the {len(buf) - item.offset} bytes from here are not read"
+            found.problems.append(LedgerProblem(rel, item.offset, kind, detail))
             found.damaged = True
             break
-        value = _unpack(frame.payload)
+        value = _unpack(item.payload)
         if offset == 0:
             carried = _header(value)
             if isinstance(carried, str):
@@ -231,7 +226,10 @@ def _parse(ldir: str, name: str) -> _File:
                 found.problems.append(LedgerProblem(rel, offset, "format", entry))
             else:
                 found.entries.append(entry)
-        offset = found.end = frame.end
+        offset = found.end = item.end
+    if not buf:
+        found.problems.append(LedgerProblem(rel, 0, "format", "empty, no header"))
+        found.damaged = True
     return found
 
 
@@ -300,7 +298,7 @@ def _unique(entries: Iterable[LedgerEntry]) -> List[LedgerEntry]:
 def _tally(carried: Totals, entries: Iterable[LedgerEntry]) -> Totals:
     totals = {reason: dict(counts) for reason, counts in carried.items()}
     for entry in entries:
-        gap = entry.gap() or {}
+        gap = gap_fields(entry.gap() or {})
         reason = gap.get("reason")
         count = _count(gap.get("count"))
         slot = totals.setdefault(reason if isinstance(reason, str) else "unknown", {})

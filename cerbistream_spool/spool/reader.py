@@ -58,13 +58,12 @@ from cerbistream_spool.spool.lanes import (
 from cerbistream_spool.spool.losses import LedgerEntry, record_gaps
 from cerbistream_spool.spool.record import (
     FRAME_OVERHEAD,
-    FrameStatus,
     Kind,
     Record,
-    ScanBudget,
+    Scanned,
     decode_payload,
-    find_next_frame,
     read_frame,
+    scan,
 )
 from cerbistream_spool.spool.segments import (
     HEADER_SIZE,
@@ -434,41 +433,38 @@ class SpoolReader:
                 pos.seg_created = header.created_ns
                 pos.scanned.add(path)  # every gap record of it is noted from here on
                 pos.gaps[path] = {}
-            budget = ScanBudget(size)
-            while len(out) < max_records and used < max_bytes:
-                frame = read_frame(buf, pos.offset, budget=budget)
-                if frame.status is FrameStatus.OK:
-                    rec = decode_payload(frame.payload)
-                    if isinstance(rec, Record):
-                        pos.offset, pos.prev_seq = frame.end, rec.seq
-                        if rec.kind == _GAP and path in pos.scanned:
-                            pos.gaps[path][rec.seq] = LedgerEntry.of(lane, rec, keyed)
-                        if rec.seq > pos.last_read:
-                            pos.last_read = rec.seq
-                            out.append(rec)
-                            used += len(frame.payload)
-                        continue
-                    frame = frame._replace(status=FrameStatus.CORRUPT, detail=rec)
-                if frame.status is FrameStatus.TORN and next_base is not None:
-                    frame = frame._replace(status=FrameStatus.CORRUPT)  # sealed: damage
-                if frame.status is FrameStatus.CORRUPT:
-                    resync = find_next_frame(buf, pos.offset + 1, budget)
-                    if resync is None:
-                        if next_base is None:  # the newest segment's tail: do not pass it
-                            self._problem(lane, path, pos.offset, "checksum", frame.detail)
-                            return False, used
-                        last, end = next_base - 1, size
-                    else:
-                        following = decode_payload(read_frame(buf, resync, budget=budget).payload)
-                        assert isinstance(following, Record)  # find_next_frame checked it
-                        last, end = following.seq - 1, resync
-                    self._damaged(lane, path, pos, pos.offset, end, last, "checksum", frame.detail)
-                    if resync is None:
-                        return False, used
-                    pos.offset = resync
+            if len(out) >= max_records or used >= max_bytes:
+                return True, used
+            gaps = pos.gaps[path] if path in pos.scanned else None
+            for item in scan(buf, pos.offset):
+                if isinstance(item, Scanned):
+                    rec = item.record
+                    pos.offset, pos.prev_seq = item.end, rec.seq
+                    if gaps is not None and rec.kind == _GAP:
+                        gaps[rec.seq] = LedgerEntry.of(lane, rec, keyed)
+                    if rec.seq > pos.last_read:
+                        pos.last_read = rec.seq
+                        out.append(rec)
+                        used += item.end - item.offset - FRAME_OVERHEAD
+                        if len(out) >= max_records or used >= max_bytes:
+                            return True, used
                     continue
-                return False, used  # END, or TORN: the writer has not finished this frame
-            return True, used
+                if item.kind == "torn" and next_base is None:
+                    return False, used  # the writer has not finished this frame
+                if item.resync is None:
+                    if next_base is None:  # the newest segment's tail: do not pass it
+                        self._problem(lane, path, pos.offset, "checksum", item.detail)
+                        return False, used
+                    last, end = next_base - 1, size
+                else:
+                    following = decode_payload(read_frame(buf, item.resync).payload)
+                    assert isinstance(following, Record)  # the scan checked it
+                    last, end = following.seq - 1, item.resync
+                self._damaged(lane, path, pos, pos.offset, end, last, "checksum", item.detail)
+                if item.resync is None:
+                    return False, used
+                pos.offset = item.resync
+            return False, used  # the end of the data
 
     def _damaged(
         self,
@@ -607,22 +603,11 @@ def _gaps_in_file(lane: int, path: str) -> List[LedgerEntry]:
     header = decode_header(buf[:HEADER_SIZE])
     if isinstance(header, str):
         return []
-    found: List[LedgerEntry] = []
-    offset, budget = HEADER_SIZE, ScanBudget(len(buf))
-    while True:
-        frame = read_frame(buf, offset, budget=budget)
-        rec = decode_payload(frame.payload) if frame.status is FrameStatus.OK else None
-        if isinstance(rec, Record):
-            if rec.kind == Kind.GAP:
-                found.append(LedgerEntry.of(lane, rec, header.keyed))
-            offset = frame.end
-            continue
-        if frame.status in (FrameStatus.END, FrameStatus.TORN):
-            return found
-        resync = find_next_frame(buf, offset + 1, budget)  # damage: the drainer recorded it
-        if resync is None:
-            return found
-        offset = resync
+    return [  # damage is stepped over: the drainer recorded it
+        LedgerEntry.of(lane, item.record, header.keyed)
+        for item in scan(buf, HEADER_SIZE)
+        if isinstance(item, Scanned) and item.record.kind == Kind.GAP
+    ]
 
 
 def _replaced(tail: Optional[Tuple[str, int]]) -> bool:

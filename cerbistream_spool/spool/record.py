@@ -25,6 +25,13 @@ length matches; and the bytes checksummed for candidates that turn out bad are b
 by a :class:`ScanBudget` per buffer (twice its size plus 1 MiB). Past that budget the
 rest of the buffer counts as unreadable (``ScanBudget.exhausted``), so a crafted
 segment cannot make a scan quadratic.
+
+Walking a buffer (:func:`scan`) is done here once for every caller: it yields a
+:class:`Scanned` record (offset, end) or a :class:`ScanDamage` (offset, kind
+``checksum``/``format``/``torn``, where the scan resynchronised, None when nothing
+valid follows) and goes on from there; each caller keeps only its policy (the reader
+hands records out and reports damage, recovery truncates or quarantines, verify
+collects problems).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import struct
 import threading
 import zlib
 from enum import IntEnum
-from typing import Any, NamedTuple, Optional, Tuple, Union
+from typing import Any, Iterator, Literal, NamedTuple, Optional, Tuple, Union, overload
 
 import msgpack
 
@@ -50,6 +57,8 @@ __all__ = [
     "Kind",
     "Record",
     "ScanBudget",
+    "ScanDamage",
+    "Scanned",
     "canonical_bytes",
     "decode_body",
     "decode_payload",
@@ -58,11 +67,14 @@ __all__ = [
     "encode_record",
     "find_next_frame",
     "read_frame",
+    "scan",
 ]
 
 Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 _local = threading.local()
 _U32 = struct.Struct("<I")
+_U32X2 = struct.Struct("<II")
+_new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
 _CANON = struct.Struct("<QBq")
 FRAME_OVERHEAD = 12
 MAX_PAYLOAD = 16 * 1024 * 1024
@@ -185,6 +197,9 @@ def read_frame(
     length field was damaged, which is CORRUPT.
     """
     total = len(buf)
+    payload = _sound_payload(buf, offset, total)
+    if payload is not None:
+        return Frame(FrameStatus.OK, offset, offset + len(payload) + FRAME_OVERHEAD, payload, "")
     if offset >= total:
         return Frame(FrameStatus.END, offset, offset, b"", "")
     if offset + 4 > total:
@@ -209,6 +224,21 @@ def read_frame(
             FrameStatus.CORRUPT, offset, end, payload, f"crc32 {actual:#010x} != stored {crc:#010x}"
         )
     return Frame(FrameStatus.OK, offset, end, payload, "")
+
+
+def _sound_payload(buf: Buffer, offset: int, total: int) -> Optional[bytes]:
+    """The payload of the frame at ``offset`` when it is whole and its trailer and CRC match."""
+    start = offset + 4
+    if start > total:
+        return None
+    (size,) = _U32.unpack_from(buf, offset)
+    if size < _MIN_PAYLOAD or size > MAX_PAYLOAD or start + size + 8 > total:
+        return None
+    payload = bytes(buf[start : start + size])
+    crc, trailer = _U32X2.unpack_from(buf, start + size)
+    if trailer != size or crc != zlib.crc32(payload, zlib.crc32(bytes(buf[offset:start]))):
+        return None
+    return payload
 
 
 def _damaged_length(buf: Buffer, offset: int, total: int) -> bool:
@@ -281,7 +311,101 @@ def decode_payload(payload: bytes) -> Union[Record, str]:
         return "hash is not 32 bytes"
     if not isinstance(body, bytes):
         return "body is not bin"
-    return Record(seq, kind, ts_ns, prev_hash, digest, body)
+    return _new_tuple(Record, fields)
 
 
 _KINDS = frozenset(int(k) for k in Kind)
+
+
+class Scanned(NamedTuple):
+    """A valid record found by :func:`scan`: its frame spans ``buf[offset:end]``."""
+
+    offset: int
+    end: int
+    record: Record
+
+
+class ScanDamage(NamedTuple):
+    """Bytes :func:`scan` could not read as a record.
+
+    ``kind``: ``checksum`` (length, trailer or CRC mismatch), ``format`` (a sound frame
+    whose payload is not a record) or ``torn`` (a frame running past the end with
+    nothing valid after it). ``resync``: where the scan goes on, None when nothing
+    valid follows (or the buffer's :class:`ScanBudget` is spent: see its ``exhausted``).
+    """
+
+    offset: int
+    kind: str
+    detail: str
+    resync: Optional[int]
+
+
+@overload
+def scan(
+    buf: Buffer,
+    offset: int,
+    budget: Optional[ScanBudget] = ...,
+    *,
+    decode: Literal[True] = ...,
+    resync: bool = ...,
+) -> Iterator[Union[Scanned, ScanDamage]]: ...
+
+
+@overload
+def scan(
+    buf: Buffer,
+    offset: int,
+    budget: Optional[ScanBudget] = ...,
+    *,
+    decode: Literal[False],
+    resync: bool = ...,
+) -> Iterator[Union[Frame, ScanDamage]]: ...
+
+
+def scan(
+    buf: Buffer,
+    offset: int,
+    budget: Optional[ScanBudget] = None,
+    *,
+    decode: bool = True,
+    resync: bool = True,
+) -> Iterator[Union[Scanned, Frame, ScanDamage]]:
+    """Walk the frames of ``buf`` from ``offset``; never raises.
+
+    Yields a :class:`Scanned` per record (``decode=False``: the OK :class:`Frame`,
+    payload not decoded) and a :class:`ScanDamage` per bad stretch, after which it
+    goes on at the damage's ``resync``; it ends at the end of the data, at a torn
+    frame, or at damage with nothing valid after it. ``budget``: one per buffer (a
+    fresh one when not given). ``resync=False``: no resynchronisation at all
+    (frames that are not records, such as the losses ledger's).
+    """
+    total = len(buf)
+    if budget is None:
+        budget = ScanBudget(total)
+    while True:
+        payload = _sound_payload(buf, offset, total)  # the common case, without a Frame
+        if payload is not None:
+            end = offset + len(payload) + FRAME_OVERHEAD
+            if not decode:
+                yield Frame(FrameStatus.OK, offset, end, payload, "")
+                offset = end
+                continue
+            rec = decode_payload(payload)
+            if isinstance(rec, Record):
+                yield _new_tuple(Scanned, (offset, end, rec))
+                offset = end
+                continue
+            kind, detail = "format", rec
+        else:  # read_frame says why (it finds what _sound_payload found: not OK)
+            frame = read_frame(buf, offset, resync, budget)
+            if frame.status is FrameStatus.END:
+                return
+            if frame.status is FrameStatus.TORN:
+                yield ScanDamage(offset, "torn", frame.detail, None)
+                return
+            kind, detail = "checksum", frame.detail
+        following = find_next_frame(buf, offset + 1, budget) if resync else None
+        yield ScanDamage(offset, kind, detail, following)
+        if following is None:
+            return
+        offset = following

@@ -19,20 +19,22 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
 from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir, read_regular
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir
+from cerbistream_spool.spool.markers import Gap, GapReason
 from cerbistream_spool.spool.record import (
-    FrameStatus,
     Kind,
     Record,
     ScanBudget,
+    ScanDamage,
+    Scanned,
     decode_payload,
-    find_next_frame,
     read_frame,
+    scan,
 )
 from cerbistream_spool.spool.segments import (
     HEADER_SIZE,
@@ -65,62 +67,45 @@ def scan_tail(buf: bytes, decode_all: bool = False, budget: Optional[ScanBudget]
     again decoding every frame, and the first undecodable one counts as damage.
     """
     offset = HEADER_SIZE
-    last_ok: Optional[Tuple[int, bytes]] = None
+    last_at: Optional[int] = None
     count = 0
     if budget is None:
         budget = ScanBudget(len(buf))
-    while True:
-        frame = read_frame(buf, offset, budget=budget)
-        if frame.status is FrameStatus.OK:
-            if not decode_all or isinstance(decode_payload(frame.payload), Record):
-                last_ok, count, offset = (offset, frame.payload), count + 1, frame.end
-                continue
-            frame = frame._replace(status=FrameStatus.CORRUPT, detail="undecodable payload")
-        last = None
-        if last_ok is not None:
-            decoded = decode_payload(last_ok[1])
-            if not isinstance(decoded, Record):
-                return scan_tail(buf, decode_all=True, budget=budget)
-            last = decoded
-        if frame.status is FrameStatus.END:
-            return Tail(offset, last, count)
-        if frame.status is FrameStatus.TORN:
-            return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=frame.detail)
-        resync = find_next_frame(buf, offset + 1, budget)
-        if resync is None and budget.exhausted:  # crafted or badly damaged: keep it all
-            return Tail(
-                offset, last, count, corrupt_at=offset, detail=f"{frame.detail}; resync gave up"
-            )
-        if resync is None:  # nothing valid after it: a torn (partially written) tail
-            return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=frame.detail)
-        return Tail(
-            offset,
-            last,
-            count,
-            corrupt_at=offset,
-            max_seq_after=_max_seq_from(buf, resync, budget),
-            detail=frame.detail,
-        )
+    damage: Optional[ScanDamage] = None
+    items = scan(buf, offset, budget) if decode_all else scan(buf, offset, budget, decode=False)
+    for item in items:
+        if isinstance(item, ScanDamage):
+            damage = item
+            break
+        last_at, count, offset = item.offset, count + 1, item.end
+    last = None
+    if last_at is not None:
+        decoded = decode_payload(read_frame(buf, last_at).payload)
+        if not isinstance(decoded, Record):
+            return scan_tail(buf, decode_all=True, budget=budget)
+        last = decoded
+    if damage is None:
+        return Tail(offset, last, count)
+    detail = "undecodable payload" if damage.kind == "format" else damage.detail
+    if damage.resync is None and damage.kind != "torn" and budget.exhausted:
+        # crafted or badly damaged: keep it all
+        return Tail(offset, last, count, corrupt_at=offset, detail=f"{detail}; resync gave up")
+    if damage.resync is None:  # nothing valid after it: a torn (partially written) tail
+        return Tail(offset, last, count, torn_bytes=len(buf) - offset, detail=detail)
+    return Tail(
+        offset,
+        last,
+        count,
+        corrupt_at=offset,
+        max_seq_after=_max_seq_from(buf, damage.resync, budget),
+        detail=detail,
+    )
 
 
 def _max_seq_from(buf: bytes, offset: int, budget: Optional[ScanBudget] = None) -> Optional[int]:
     """Highest seq among valid frames from ``offset`` on, resyncing past bad ones."""
-    best: Optional[int] = None
-    pos: Optional[int] = offset
-    if budget is None:
-        budget = ScanBudget(len(buf))
-    while pos is not None:
-        frame = read_frame(buf, pos, budget=budget)
-        if frame.status is FrameStatus.OK:
-            rec = decode_payload(frame.payload)
-            if isinstance(rec, Record):
-                best = rec.seq if best is None else max(best, rec.seq)
-            pos = frame.end
-            continue
-        if frame.status is not FrameStatus.CORRUPT:
-            return best
-        pos = find_next_frame(buf, pos + 1, budget)
-    return best
+    seqs = [item.record.seq for item in scan(buf, offset, budget) if isinstance(item, Scanned)]
+    return max(seqs) if seqs else None
 
 
 @dataclass
@@ -135,7 +120,7 @@ class LaneState:
     cursor: Cursor
     clean: bool
     notes: List[str] = field(default_factory=list)
-    gaps: List[Dict[str, Any]] = field(default_factory=list)
+    gaps: List[Gap] = field(default_factory=list)
     truncated_bytes: int = 0
 
 
@@ -196,7 +181,12 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
         state.next_seq = max(state.next_seq, prev_seq + 1)
         if state.next_seq > prev_seq + 1:
             state.gaps.append(
-                _gap(prev_seq + 1, state.next_seq - 1, "corruption", f"segment lost: {problem}")
+                Gap.span(
+                    GapReason.CORRUPTION,
+                    prev_seq + 1,
+                    state.next_seq - 1,
+                    f"segment lost: {problem}",
+                )
             )
         return state
     tail = scan_tail(buf)
@@ -204,7 +194,7 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
     state.last_hash = tail.last.hash if tail.last else header.anchor
     state.clean = tail.last is not None and tail.last.kind == Kind.CLOSE
     size = len(buf)
-    reason, detail = "lost", "records delivered before a crash are gone from disk"
+    reason, detail = GapReason.LOST, "records delivered before a crash are gone from disk"
     if tail.torn_bytes:
         with open(path, "r+b") as fh:
             fh.truncate(tail.good_end)
@@ -219,7 +209,7 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
         moved = _quarantine(spool_dir, lane, path)
         atomic_write(path, buf[: tail.good_end])
         size = tail.good_end
-        reason, detail = "corruption", f"offset {tail.corrupt_at}: {tail.detail}"
+        reason, detail = GapReason.CORRUPTION, f"offset {tail.corrupt_at}: {tail.detail}"
         notes.append(
             f"corruption in {os.path.basename(path)} at offset {tail.corrupt_at} ({tail.detail});"
             f" original quarantined to {moved}, valid prefix kept"
@@ -228,7 +218,7 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
         state.clean = False
     state.next_seq = max(state.next_seq, last_seq + 1)
     if state.next_seq > last_seq + 1:  # in-line gap: consumes the lost sequence numbers
-        state.gaps.append(_gap(last_seq + 1, state.next_seq - 1, reason, detail))
+        state.gaps.append(Gap.span(reason, last_seq + 1, state.next_seq - 1, detail))
     state.active = (base, path, header, size)
     return state
 
@@ -246,13 +236,3 @@ def _last_record(path: str, seq: int, digest: bytes) -> Tuple[int, bytes]:
     if tail.last is None:
         return header.base_seq - 1, header.anchor
     return tail.last.seq, tail.last.hash
-
-
-def _gap(first: int, last: int, reason: str, detail: str) -> Dict[str, Any]:
-    return {
-        "reason": reason,
-        "count": last - first + 1,
-        "first_seq": first,
-        "last_seq": last,
-        "detail": detail,
-    }

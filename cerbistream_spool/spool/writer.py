@@ -46,6 +46,7 @@ from cerbistream_spool.spool.config import SpoolConfig
 from cerbistream_spool.spool.cursor import ensure_cursor, load_cursor
 from cerbistream_spool.spool.fsio import ensure_dir, file_size, fsync_dir, write_all
 from cerbistream_spool.spool.lanes import acquire_lane, lane_dir, list_lanes, unlink_unpinned
+from cerbistream_spool.spool.markers import Gap, GapReason, close_body, open_body
 from cerbistream_spool.spool.record import Kind, encode_body, encode_record
 from cerbistream_spool.spool.recovery import recover_lane
 from cerbistream_spool.spool.segments import (
@@ -161,18 +162,8 @@ class SpoolWriter:
         with contextlib.suppress(OSError):  # the blocks every ack writes in place, taken now
             ensure_cursor(self._dir, self.lane)
         for gap in state.gaps:
-            self._write(Kind.GAP, encode_body(gap))
-        self._write(
-            Kind.OPEN,
-            encode_body(
-                {
-                    "pid": os.getpid(),
-                    "clean": state.clean,
-                    "truncated_bytes": state.truncated_bytes,
-                    "notes": state.notes,
-                }
-            ),
-        )
+            self._write(Kind.GAP, gap.encode())
+        self._write(Kind.OPEN, open_body(state.clean, state.truncated_bytes, state.notes))
         self._first_seq = self._next_seq  # the first seq this writer can give an event
         self._sync()
 
@@ -228,7 +219,7 @@ class SpoolWriter:
                 exc = again
         if kind == _EVENT:
             self._dropped += 1
-            self._owe_gap("write-error", 1, f"write failed: {exc}")
+            self._owe_gap(GapReason.WRITE_ERROR, 1, f"write failed: {exc}")
         raise exc
 
     def flush(self) -> None:
@@ -255,7 +246,7 @@ class SpoolWriter:
             try:
                 self._check_lane(_time_ns())  # the close record goes where the spool is now
                 self._write_pending_gap()
-                self._write(Kind.CLOSE, encode_body({"pid": os.getpid()}))
+                self._write(Kind.CLOSE, close_body())
             except (OSError, SpoolError) as exc:
                 self._last_error = f"close marker not written: {exc}"
         self._stop_flusher()
@@ -429,7 +420,7 @@ class SpoolWriter:
         self._prior_delivered += delivered
         self._lost += lost
         self._owe_gap(
-            "vanished",
+            GapReason.VANISHED,
             lost,
             f"lane {old_lane} seq {first}..{last}: files removed before delivery",
         )
@@ -517,7 +508,7 @@ class SpoolWriter:
             if not self._over_cap(need):
                 return
         self._dropped += 1
-        self._owe_gap("overflow", 1, f"{policy}: max_spool_bytes reached")
+        self._owe_gap(GapReason.OVERFLOW, 1, f"{policy}: max_spool_bytes reached")
         raise SpoolFullError(
             f"spool {self.spool_dir} is full ({self.config.max_spool_bytes} bytes); record dropped"
         )
@@ -570,17 +561,10 @@ class SpoolWriter:
         for k_lo, k_hi in [*kept, (dropped_to + 1, dropped_to + 1)]:
             hi = min(k_lo - 1, dropped_to)
             if hi >= lo:
-                gap = {
-                    "reason": "overflow",
-                    "count": hi - lo + 1,
-                    "first_seq": lo,
-                    "last_seq": hi,
-                    "detail": detail,
-                }
                 try:
-                    self._write(Kind.GAP, encode_body(gap))
+                    self._write(Kind.GAP, Gap.span(GapReason.OVERFLOW, lo, hi, detail).encode())
                 except OSError:  # still no room: the gap is owed (without its range)
-                    self._owe_gap("overflow", hi - lo + 1, f"{detail}: seq {lo}..{hi}")
+                    self._owe_gap(GapReason.OVERFLOW, hi - lo + 1, f"{detail}: seq {lo}..{hi}")
             lo = max(lo, k_hi + 1)
         return True
 
@@ -621,15 +605,8 @@ class SpoolWriter:
         while self._unrecorded:
             reason, (count, detail) = self._unrecorded.popitem()
             self._dropped_unrecorded -= count
-            body = {
-                "reason": reason,
-                "count": count,
-                "first_seq": None,
-                "last_seq": None,
-                "detail": detail,
-            }
             try:
-                self._write(Kind.GAP, encode_body(body))
+                self._write(Kind.GAP, Gap(reason, count, detail).encode())
             except BaseException:
                 self._owe_gap(reason, count, detail)
                 raise
