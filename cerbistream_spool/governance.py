@@ -123,24 +123,25 @@ class Rule:
 
     def violation_for(self, field_path: str) -> Violation:
         """The violation this rule reports for ``field_path``."""
-        message = self.message
-        if message is None:
-            message = f"Field '{field_path}' violates rule {self.rule_id}"
-        return Violation(
-            rule_id=self.rule_id,
-            code=self.code,
-            field=field_path,
-            severity=self.severity,
-            message=message,
-            action=self.action,
-            path=tuple(field_path.lower().split(".")),
-        )
+        default = f"Field '{field_path}' violates rule {self.rule_id}"
+        message = default if self.message is None else self.message
+        return self._violation(field_path, message, tuple(field_path.lower().split(".")))
 
     def pattern_violation(self, field_path: str) -> Violation:
         """The violation this rule reports when one of its patterns matches at ``field_path``."""
-        message = self.message
-        if message is None:
-            message = f"Field '{field_path}' matches a pattern of rule {self.rule_id}"
+        default = f"Field '{field_path}' matches a pattern of rule {self.rule_id}"
+        return self._violation(field_path, default if self.message is None else self.message, ())
+
+    def timeout_violation(self, field_path: str) -> Violation:
+        """The violation this rule reports when its patterns ran out of time at ``field_path``."""
+        message = (
+            f"Field '{field_path}' not scanned by the patterns of rule {self.rule_id}: "
+            f"the scan ran out of time ({SCAN_BUDGET_S * 1000:g} ms per record); "
+            f"the text was replaced by {REDACTED}"
+        )
+        return self._violation(field_path, message, ())
+
+    def _violation(self, field_path: str, message: str, path: Tuple[str, ...]) -> Violation:
         return Violation(
             rule_id=self.rule_id,
             code=self.code,
@@ -148,23 +149,7 @@ class Rule:
             severity=self.severity,
             message=message,
             action=self.action,
-            path=(),
-        )
-
-    def timeout_violation(self, field_path: str) -> Violation:
-        """The violation this rule reports when its patterns ran out of time at ``field_path``."""
-        return Violation(
-            rule_id=self.rule_id,
-            code=self.code,
-            field=field_path,
-            severity=self.severity,
-            message=(
-                f"Field '{field_path}' not scanned by the patterns of rule {self.rule_id}: "
-                f"the scan ran out of time ({SCAN_BUDGET_S * 1000:g} ms per record); "
-                f"the text was replaced by {REDACTED}"
-            ),
-            action=self.action,
-            path=(),
+            path=path,
         )
 
 

@@ -3,24 +3,7 @@
 ``from tools.amqp_peer import LocalPeer`` and ``python -m tools.amqp_peer`` work as before.
 """
 
-from cerbistream_spool.testing import (
-    CONNECTION_FORCED,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    SERVER_BUSY,
-    AcceptedMessage,
-    LocalPeer,
-    decode_message,
-    local_peer,
-    split_batch,
-)
+from cerbistream_spool import testing
+from cerbistream_spool.testing import *  # noqa: F403 - the same names, one list of them
 
-__all__ = [
-    "LocalPeer",
-    "AcceptedMessage",
-    "local_peer",
-    "split_batch",
-    "decode_message",
-    "SERVER_BUSY",
-    "CONNECTION_FORCED",
-    "DEFAULT_MAX_MESSAGE_SIZE",
-]
+__all__ = testing.__all__
