@@ -198,8 +198,6 @@ class Governance:
     _flat_patterns: Tuple[Tuple[int, bool, regex.Pattern[str]], ...] = field(
         init=False, repr=False, compare=False, default=()
     )
-    # every pattern as one alternation: one timed search per text when nothing matches
-    _any: Optional[regex.Pattern[str]] = field(init=False, repr=False, compare=False, default=None)
     # pattern violations by (rule index, field path, timed out); bounded like _plans
     _text_hits: Dict[Tuple[int, str, bool], Violation] = field(
         init=False, repr=False, compare=False, default_factory=dict
@@ -241,7 +239,6 @@ class Governance:
                 for pattern in text_rule.patterns
             ),
         )
-        object.__setattr__(self, "_any", _alternation(self.rules))
 
     def on_timeout(self, callback: Callable[[Tuple[str, ...], str], None]) -> None:
         """Call ``callback(rule ids, field path)`` whenever a pattern scan runs out of time.
@@ -291,7 +288,7 @@ class Governance:
         it fails closed: it becomes :data:`REDACTED` and every pattern rule not yet found
         in it reports a timeout violation (a Block rule blocks); so does each text after.
         """
-        state = _Scan(self._flat_patterns, self._any, len(self.patterns))
+        state = _Scan(self._flat_patterns, len(self.patterns))
         if message is not None:
             message = state.text(message, "", "message")
         out = state.mapping(values, "", 0)
@@ -341,7 +338,7 @@ class FlatPlan(NamedTuple):
 _MAX_PLANS = 1024
 MAX_SCAN_CHARS = 65536  # per text: patterns see at most this many characters of it
 # per record: the time all pattern searches of one scan_text call may take together.
-# regex measures it as process CPU time (clock()); past it the text fails closed.
+# wall-clock time from the scan's start; each search gets what is left as its timeout.
 SCAN_BUDGET_S = 0.050
 _MAX_WALK_DEPTH = 64  # nesting levels check/redact descend (lists of lists included)
 
@@ -529,16 +526,12 @@ class _Scan:
     raises :class:`TimeoutError` past it, and the text fails closed (:meth:`text`).
     """
 
-    __slots__ = ("any", "deadline", "found", "patterns", "rules", "timed_out")
+    __slots__ = ("deadline", "found", "patterns", "rules", "timed_out")
 
     def __init__(
-        self,
-        patterns: Tuple[Tuple[int, bool, regex.Pattern[str]], ...],
-        any_pattern: Optional[regex.Pattern[str]],
-        rules: int,
+        self, patterns: Tuple[Tuple[int, bool, regex.Pattern[str]], ...], rules: int
     ) -> None:
         self.patterns = patterns  # (rule index, redact?, compiled), in rule order
-        self.any = any_pattern
         self.rules = rules
         self.deadline = time.monotonic() + SCAN_BUDGET_S
         self.found: Optional[Dict[Tuple[int, str, bool], None]] = None
@@ -557,8 +550,6 @@ class _Scan:
             text = text[:MAX_SCAN_CHARS] + _cut_marker(len(text) - MAX_SCAN_CHARS)
         hit: Optional[Dict[int, None]] = None
         try:
-            if self.any is not None and self.any.search(text, timeout=self._left()) is None:
-                return text
             for index, redact, pattern in self.patterns:
                 if hit is not None and index in hit and not redact:
                     continue
@@ -934,24 +925,3 @@ def _validate_patterns(rule: Dict[str, Any], path: str, loc: str) -> Tuple[str, 
 
 def _compile(pattern: str) -> regex.Pattern[str]:
     return regex.compile(pattern)
-
-
-# what can change the meaning of another pattern in one alternation: inline flags (``(?x)``
-# would drop the spaces of the others, ``(?a)`` narrow their ``\w``), group references
-# (``\1``, ``(?P=n)``, ``\g<n>``, ``\k<n>``, ``(?1)``, ``(?(1)``)
-_UNSHAREABLE = regex.compile(r"\\[0-9gk]|\(\?P=|\(\?(?!(?:[:=!>|#]|<[=!]|P?<[A-Za-z_]))")
-
-
-def _alternation(rules: Sequence[Rule]) -> Optional[regex.Pattern[str]]:
-    """Every pattern of ``rules`` as one alternation, when each keeps its meaning in it.
-
-    A text it does not match matches none of the patterns, so that text costs one search.
-    None (each pattern searched alone) with a single pattern or one that could change the
-    others' meaning."""
-    patterns = [p for rule in rules for p in rule.patterns]
-    if len(patterns) < 2 or any(_UNSHAREABLE.search(p) for p in patterns):
-        return None
-    try:
-        return regex.compile("|".join(f"(?:{p})" for p in patterns))
-    except (regex.error, RecursionError, OverflowError):
-        return None
