@@ -1,16 +1,32 @@
-"""cerbistream_spool: a stdlib logging handler that never loses a governance log event."""
+"""cerbistream_spool: a stdlib logging handler that never loses a governance log event.
 
-from cerbistream_spool.context import CaptureContext, get_correlation_id, set_correlation_id
-from cerbistream_spool.errors import (
-    CerbiSpoolError,
-    GovernanceConfigError,
-    SpoolConfigError,
-    SpoolError,
-    SpoolFullError,
-)
-from cerbistream_spool.handler import SpoolHandler, SpoolStats
-from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
-from cerbistream_spool.verify import VerifyReport, verify
+Importing the package is light: the handler (and with it watchdog and the event
+encoder) and the spool are imported on first use of their names (PEP 562), so the
+CLI's ``status`` or ``verify`` and ``import cerbistream_spool.errors`` pay only for
+what they use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Dict, List
+
+if TYPE_CHECKING:
+    from cerbistream_spool.context import (
+        CaptureContext,
+        get_correlation_id,
+        set_correlation_id,
+    )
+    from cerbistream_spool.errors import (
+        CerbiSpoolError,
+        GovernanceConfigError,
+        SpoolConfigError,
+        SpoolError,
+        SpoolFullError,
+    )
+    from cerbistream_spool.handler import SpoolHandler, SpoolStats
+    from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
+    from cerbistream_spool.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
@@ -18,9 +34,9 @@ __all__ = [
     "__version__",
     "SpoolHandler",
     "SpoolStats",
+    "CaptureContext",
     "set_correlation_id",
     "get_correlation_id",
-    "CaptureContext",
     "SpoolConfig",
     "SpoolReader",
     "SpoolWriter",
@@ -32,3 +48,35 @@ __all__ = [
     "SpoolError",
     "SpoolFullError",
 ]
+
+# public name -> the module that defines it
+_HOMES: Dict[str, str] = {
+    "SpoolHandler": "cerbistream_spool.handler",
+    "SpoolStats": "cerbistream_spool.handler",
+    "CaptureContext": "cerbistream_spool.context",
+    "set_correlation_id": "cerbistream_spool.context",
+    "get_correlation_id": "cerbistream_spool.context",
+    "SpoolConfig": "cerbistream_spool.spool",
+    "SpoolReader": "cerbistream_spool.spool",
+    "SpoolWriter": "cerbistream_spool.spool",
+    "VerifyReport": "cerbistream_spool.verify",
+    "verify": "cerbistream_spool.verify",
+    "CerbiSpoolError": "cerbistream_spool.errors",
+    "GovernanceConfigError": "cerbistream_spool.errors",
+    "SpoolConfigError": "cerbistream_spool.errors",
+    "SpoolError": "cerbistream_spool.errors",
+    "SpoolFullError": "cerbistream_spool.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted([*globals(), *_HOMES])

@@ -23,11 +23,11 @@ import click
 from cerbistream_spool import __version__
 from cerbistream_spool.diagnostics import Reporter
 from cerbistream_spool.errors import PermanentTransportError
-from cerbistream_spool.handler import CONNECTION_ENV, DEFAULT_QUEUE
 from cerbistream_spool.spool.chain import ENV_KEY
 from cerbistream_spool.spool.lanes import is_spool_dir, lane_dir
 from cerbistream_spool.spool.reader import SpoolReader
 from cerbistream_spool.status import status as spool_status
+from cerbistream_spool.transports.base import CONNECTION_ENV, DEFAULT_QUEUE
 from cerbistream_spool.verify import VerifyReport
 from cerbistream_spool.verify import verify as verify_spool
 

@@ -38,11 +38,10 @@ from cerbistream_spool.spool.reader import oldest_pending_ns
 from cerbistream_spool.spool.record import Kind
 from cerbistream_spool.spool.segments import list_segments
 from cerbistream_spool.spool.writer import SpoolWriter, forget_inherited_lock
+from cerbistream_spool.transports.base import CONNECTION_ENV, DEFAULT_QUEUE
 
 __all__ = ["DEFAULT_QUEUE", "SpoolHandler", "SpoolStats"]
 
-DEFAULT_QUEUE = "cerbishield.log-scoring"
-CONNECTION_ENV = "CERBISTREAM_SERVICEBUS_CONNECTION"
 _REOPEN_EVERY_S = 5.0
 _HANDLERS: weakref.WeakSet[SpoolHandler] = weakref.WeakSet()
 # kinds of handler error that a record spooled afterwards proves over

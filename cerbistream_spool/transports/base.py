@@ -8,7 +8,17 @@ from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 from cerbistream_spool.event import event_to_json
 from cerbistream_spool.spool.record import Record
 
-__all__ = ["OutgoingMessage", "SendResult", "Transport", "message_for_record"]
+__all__ = [
+    "CONNECTION_ENV",
+    "DEFAULT_QUEUE",
+    "OutgoingMessage",
+    "SendResult",
+    "Transport",
+    "message_for_record",
+]
+
+DEFAULT_QUEUE = "cerbishield.log-scoring"  # docs/CONTRACT.md §2
+CONNECTION_ENV = "CERBISTREAM_SERVICEBUS_CONNECTION"  # the connection string, else none
 
 _PROPERTIES = ("TenantId", "AppName", "LogLevel", "SchemaVersion")
 
