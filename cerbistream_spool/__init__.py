@@ -26,7 +26,10 @@ if TYPE_CHECKING:
     )
     from cerbistream_spool.handler import SpoolHandler, SpoolStats
     from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
-    from cerbistream_spool.verify import VerifyReport, verify
+
+# eager: importing the submodule cerbistream_spool.verify (as anything may) binds the
+# package attribute ``verify`` to that module, which would hide a lazily loaded function
+from cerbistream_spool.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
@@ -59,8 +62,6 @@ _HOMES: Dict[str, str] = {
     "SpoolConfig": "cerbistream_spool.spool",
     "SpoolReader": "cerbistream_spool.spool",
     "SpoolWriter": "cerbistream_spool.spool",
-    "VerifyReport": "cerbistream_spool.verify",
-    "verify": "cerbistream_spool.verify",
     "CerbiSpoolError": "cerbistream_spool.errors",
     "GovernanceConfigError": "cerbistream_spool.errors",
     "SpoolConfigError": "cerbistream_spool.errors",
