@@ -64,7 +64,7 @@ def test_drop_oldest_never_counts_lost_what_was_acked_while_it_dropped(
         stats["events_delivered"] + stats["pending_records"] + stats["dropped"] + stats["lost"]
     )
     for gap in _gaps(spool_dir):
-        if gap["first_seq"] is not None:
+        if gap.get("first_seq") is not None:  # a gap without a range claims no event
             assert gap["first_seq"] > sent[-1], gap  # no gap claims a delivered event
 
 
