@@ -66,16 +66,7 @@ from proton import (
 )
 from proton.reactor import Container
 
-__all__ = [
-    "LocalPeer",
-    "AcceptedMessage",
-    "local_peer",
-    "split_batch",
-    "decode_message",
-    "SERVER_BUSY",
-    "CONNECTION_FORCED",
-    "DEFAULT_MAX_MESSAGE_SIZE",
-]
+# the public names are those of cerbistream_spool.testing (its __all__)
 
 log = logging.getLogger("cerbistream_spool.testing")
 
@@ -259,6 +250,18 @@ def split_batch(payload: bytes) -> Optional[List[bytes]]:
     return out or None
 
 
+def _answer_open(endpoint: Any) -> None:
+    """Open our end of a connection, session or link the client opened."""
+    if endpoint.state & Endpoint.LOCAL_UNINIT:
+        endpoint.open()
+
+
+def _answer_close(endpoint: Any) -> None:
+    """Close our end of a connection, session or link the client closed."""
+    if not endpoint.state & Endpoint.LOCAL_CLOSED:
+        endpoint.close()
+
+
 def entity_name(address: Optional[str]) -> str:
     """Queue name from a link target address.
 
@@ -426,16 +429,12 @@ class _PeerHandler:
 
     @_guarded
     def on_connection_remote_open(self, event: Any) -> None:
-        conn = event.connection
-        self._state(conn)
-        if conn.state & Endpoint.LOCAL_UNINIT:
-            conn.open()
+        self._state(event.connection)
+        _answer_open(event.connection)
 
     @_guarded
     def on_connection_remote_close(self, event: Any) -> None:
-        conn = event.connection
-        if not conn.state & Endpoint.LOCAL_CLOSED:
-            conn.close()
+        _answer_close(event.connection)
 
     @_guarded
     def on_transport_closed(self, event: Any) -> None:
@@ -449,15 +448,11 @@ class _PeerHandler:
 
     @_guarded
     def on_session_remote_open(self, event: Any) -> None:
-        ssn = event.session
-        if ssn.state & Endpoint.LOCAL_UNINIT:
-            ssn.open()
+        _answer_open(event.session)
 
     @_guarded
     def on_session_remote_close(self, event: Any) -> None:
-        ssn = event.session
-        if not ssn.state & Endpoint.LOCAL_CLOSED:
-            ssn.close()
+        _answer_close(event.session)
 
     @_guarded
     def on_link_remote_open(self, event: Any) -> None:
@@ -484,8 +479,7 @@ class _PeerHandler:
         st = self.states.get(getattr(link.connection, "peer_conn_id", -1))
         if st is not None and st.cbs_sender is link:
             st.cbs_sender = None
-        if not link.state & Endpoint.LOCAL_CLOSED:
-            link.close()
+        _answer_close(link)
 
     @_guarded
     def on_link_flow(self, event: Any) -> None:
