@@ -38,7 +38,8 @@ from cerbistream_spool import handler as handler_module
 from cerbistream_spool.drain import DEADLETTER_DIR, Drainer
 from cerbistream_spool.errors import TransientTransportError
 from cerbistream_spool.event import EventEncoder
-from cerbistream_spool.spool.lanes import list_lanes
+from cerbistream_spool.spool import SpoolWriter
+from cerbistream_spool.spool.lanes import lane_dir, list_lanes
 from cerbistream_spool.spool.reader import SpoolReader
 from cerbistream_spool.spool.record import Kind, decode_body
 from cerbistream_spool.status import status as spool_status
@@ -89,6 +90,18 @@ def pending_events(spool_dir: str) -> Events:
     """Event records after each lane's cursor, by LogId."""
     reader = SpoolReader(spool_dir, remove_idle_lanes=False)
     return {r.value()["LogId"]: r.value() for b in reader.batches() for r in b.events()}
+
+
+def dead_letter_gaps(spool_dir: str) -> Dict[int, List[Tuple[int, int]]]:
+    """Lane holding each dead-letter gap record -> [(lane, seq) of the record it names]."""
+    reader = SpoolReader(spool_dir, remove_idle_lanes=False, from_start=True)
+    found: Dict[int, List[Tuple[int, int]]] = {}
+    for batch in reader.batches():
+        for rec in batch.records:
+            body = rec.value() if rec.kind == Kind.GAP else None
+            if isinstance(body, dict) and body.get("reason") == "dead-letter":
+                found.setdefault(batch.lane, []).append((body["lane"], body["first_seq"]))
+    return found
 
 
 def check_delivered(records: List[AcceptedMessage], expected: Events) -> collections.Counter:
@@ -655,8 +668,40 @@ def test_a_handler_whose_spool_opened_late_gets_its_drainers_gaps_in_its_own_lan
     assert list_lanes(spool_dir) in ([], [writer.lane])
     report = verify(spool_dir)
     assert report.valid, report.problems
-    dead = [g for g in report.gaps if g.get("reason") == "dead-letter"]
-    assert [g["lane"] for g in dead] == [writer.lane]
+    assert dead_letter_gaps(spool_dir) == {writer.lane: [(writer.lane, 2)]}
+
+
+def test_a_gap_recorded_while_the_handlers_spool_is_not_open_is_written_once_it_opens(
+    spool_dir: str,
+    peers: Callable[..., LocalPeer],
+    make_handler: Callable[..., Tuple[SpoolHandler, logging.Logger]],
+    fast_handler_drainer: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another writer holds lane 0 and every other lane is unusable (a foreign file in it):
+    the handler cannot open its spool, its drainer ships lane 0 and dead-letters a record
+    there. The gap is owed to the handler and lands in the handler's lane when it opens."""
+    monkeypatch.setattr(handler_module, "_REOPEN_EVERY_S", 0.0)
+    other = SpoolWriter(spool_dir)
+    try:
+        other.append({"LogId": "too-big", "blob": "x" * (2 * 1024 * 1024)})
+        other.flush()
+        for lane in range(1, 256):
+            os.makedirs(lane_dir(spool_dir, lane))
+            Path(lane_dir(spool_dir, lane), "foreign").write_text("not a spool file")
+        peer = peers()  # max message size 1 MiB
+        handler, log = make_handler(spool_dir, connection_string=peer.connection_string())
+        assert handler.writer is None
+        assert wait_until(lambda: handler.stats()["drain"]["dead_lettered"] == 1, timeout=15)
+        Path(lane_dir(spool_dir, 1), "foreign").unlink()  # lane 1 is usable now
+        log.info("opens the spool")
+        writer = handler.writer
+        assert writer is not None and writer.lane == 1
+        handler.close()
+    finally:
+        other.close()
+    assert dead_letter_gaps(spool_dir) == {1: [(0, 2)]}  # lane 0's seq 2, noted in lane 1
+    assert all(os.listdir(lane_dir(spool_dir, n)) == ["foreign"] for n in range(2, 256))
 
 
 # ---------------------------------------------------------------------------
