@@ -14,6 +14,10 @@ wrong with the cursor file), and, as deep as asked:
 out above each cursor, so damage is stepped over as the drainer steps over it, and a
 lane whose cursor is a directory (no ack could move it) has nothing pending.
 ``tails=True`` adds each lane's last complete sequence number (spool/recovery.py).
+verify.py counts pending on its own walk of the chain (it checks what the reader
+trusts); tests/test_inventory.py pins that both agree on an intact spool. Capacity
+accounting can sum ``bytes_by_lane()`` / ``bytes_except(lane)`` of a ``Depth.SIZES``
+inventory.
 
 Read-only: files are read through spool/fsio.py (no symlink followed, nothing but
 regular files read); nothing is written, pinned, swept or removed.
@@ -149,7 +153,7 @@ def take_inventory(
         if wanted is not None and lane not in wanted:
             continue
         ldir = lane_dir(spool_dir, lane)
-        segments = tuple(Segment(b, p, file_size(p)) for b, p in list_segments(ldir))
+        segments = tuple(Segment(b, p, _size(p)) for b, p in list_segments(ldir))
         cursor = read_cursor(ldir, lane)
         events = nbytes = oldest = None
         if depth >= Depth.COUNT:
@@ -159,6 +163,14 @@ def take_inventory(
         last = _last_seq(segments) if tails else None
         found.append(LaneInventory(lane, segments, cursor, events, nbytes, oldest, last))
     return Inventory(spool_dir, depth, tuple(found))
+
+
+def _size(path: str) -> int:
+    """Size of a listed segment; 0 when it is gone or cannot be stat'ed."""
+    try:
+        return file_size(path)
+    except OSError:
+        return 0
 
 
 def _reader(spool_dir: str, lane: int) -> SpoolReader:
