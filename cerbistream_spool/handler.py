@@ -256,6 +256,9 @@ class SpoolHandler(logging.Handler):
                 if writer is not None:
                     self._write_owed_gaps(writer)
                     writer.close()
+                if self._owed_gaps:
+                    count, self._owed_gaps = len(self._owed_gaps), []
+                    self._reporter.report("gaps", f"{count} drainer gap record(s) lost at close")
             if self._built and self._final_stats is None:  # kept; a second close changes none
                 self._dropped_at_close = self._dropped
                 self._final_stats = self._stats(writer, drainer)
@@ -437,12 +440,12 @@ class SpoolHandler(logging.Handler):
         """The drainer's ``record_gap``: into the live writer's lane; owed while none is open."""
         with self._gap_lock:
             writer = self._writer
-            if writer is None and not self._closed:
-                self._owed_gaps.append(gap)  # written by _open_writer once the spool opens
-                return
             if writer is not None and not writer.closed:
                 self._write_owed_gaps(writer)
                 _append_gap(writer, gap)
+                return
+            if not self._closed:
+                self._owed_gaps.append(gap)  # written by _open_writer once the spool opens
                 return
         with SpoolWriter(self.spool_dir, self.config) as late:  # closed: our lane is released
             _append_gap(late, gap)
@@ -455,8 +458,7 @@ class SpoolHandler(logging.Handler):
 
     def _write_owed_gaps(self, writer: SpoolWriter) -> None:
         """Write the gaps owed while the spool was not open, oldest first (caller holds
-        ``_gap_lock``). One that cannot be written stays owed, for the next gap or close;
-        those still owed at close are reported."""
+        ``_gap_lock``). One that cannot be written stays owed, for the next gap or close."""
         try:
             while self._owed_gaps:
                 _append_gap(writer, self._owed_gaps[0])
@@ -464,9 +466,6 @@ class SpoolHandler(logging.Handler):
         except (OSError, SpoolError) as exc:
             self._error("write", f"drainer gap record not written: {exc}")
             self._reporter.report("gaps", f"drainer gap record(s) not written yet: {exc}")
-        if self._closed and self._owed_gaps:
-            count, self._owed_gaps = len(self._owed_gaps), []
-            self._reporter.report("gaps", f"{count} drainer gap record(s) lost at close")
 
     def _new_drainer(self) -> Any:
         """The Service Bus drainer of this handler (the SDK is imported only now)."""
