@@ -27,6 +27,12 @@ reader to the cursor, so the batch is sent again (same MessageIds).
   the thread and ``follow()`` keep retrying them every ``backoff_max_s``.
 - ``request_stop()`` also interrupts a send in progress (``transport.interrupt()``
   when the transport has one), so a stop never waits out a send timeout.
+
+The drainer knows its spool and transport, never who writes the spool (like
+``QueueListener(queue, *handlers)``): ``record_gap(gap)`` puts a gap record in the
+chain and ``space_freed()`` is told after acknowledged segments were unlinked. By
+default (``cerbispool drain``) gaps go into a lane of the drainer's own and nobody is
+told; a SpoolHandler passes callables that reach its live writer at call time.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from filelock import Timeout
 from tenacity import (
@@ -55,6 +61,7 @@ from tenacity import (
 from cerbistream_spool.diagnostics import mark_internal_thread
 from cerbistream_spool.errors import PermanentTransportError, TransportError
 from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir, sweep_temp_files
+from cerbistream_spool.spool.inventory import Depth, take_inventory
 from cerbistream_spool.spool.lanes import (
     LOCKS_DIR,
     QUARANTINE_DIR,
@@ -68,9 +75,6 @@ from cerbistream_spool.spool.record import Kind
 from cerbistream_spool.spool.writer import SpoolWriter
 from cerbistream_spool.status import write_drain_status
 from cerbistream_spool.transports.base import OutgoingMessage, Transport, message_for_record
-
-if TYPE_CHECKING:
-    from cerbistream_spool.handler import SpoolHandler
 
 __all__ = ["DEADLETTER_DIR", "DRAIN_OWNER_FILE", "DrainStats", "Drainer", "read_drain_owner"]
 
@@ -105,7 +109,8 @@ class Drainer:
         spool_dir: str,
         transport: Transport,
         *,
-        writer: Optional[SpoolWriter] = None,
+        record_gap: Optional[Callable[[Gap], None]] = None,
+        space_freed: Optional[Callable[[], None]] = None,
         batch_max_records: int = 4500,
         batch_max_bytes: int = 1024 * 1024,
         idle_poll_s: float = 1.0,
@@ -117,7 +122,11 @@ class Drainer:
         """``replay=True`` ships a copied spool and writes nothing into it but cursors (and
         ``locks/drain.lock``): no lane is removed, no acknowledged segment unlinked, no
         status file, gap lane or quarantine copy written; dead letters still go to
-        ``deadletter/``, and losses are counted and reported in ``last_error``."""
+        ``deadletter/``, and losses are counted and reported in ``last_error``.
+
+        ``record_gap(gap)`` writes a gap record into the chain (default: a lane of the
+        drainer's own, opened on the first gap); ``space_freed()`` is called after each
+        acknowledged batch (default: nothing)."""
         self.spool_dir = os.path.abspath(spool_dir)
         self.transport = transport
         self.reader = SpoolReader(self.spool_dir, pin=True)  # drop_oldest spares what is in flight
@@ -127,7 +136,8 @@ class Drainer:
         self.idle_poll_s = idle_poll_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
-        self._writer = writer
+        self._record_gap = record_gap or self._gap_in_own_lane
+        self._space_freed = space_freed or _nothing
         self._own_writer: Optional[SpoolWriter] = None
         self._lock = drain_lock(self.spool_dir)
         self._lock_id: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of the file we lock
@@ -150,19 +160,22 @@ class Drainer:
         self.retry_at: Optional[float] = None
 
     @classmethod
-    def for_handler(cls, handler: SpoolHandler) -> Drainer:
-        """The Service Bus drainer of a SpoolHandler."""
-        from cerbistream_spool.transports.servicebus import (  # noqa: PLC0415 — SDK import is heavy
-            ServiceBusTransport,
-        )
+    def for_writer(
+        cls, spool_dir: str, transport: Transport, writer: SpoolWriter, **options: Any
+    ) -> Drainer:
+        """A drainer whose gaps go into ``writer``'s lane while it is open (then into a
+        lane of the drainer's own) and that tells ``writer`` when space was freed."""
 
-        transport = ServiceBusTransport(
-            queue_name=handler.queue_name,
-            connection_string=handler.connection_string,
-            fully_qualified_namespace=handler.fully_qualified_namespace,
-            credential=handler.credential,
+        def record_gap(gap: Gap) -> None:
+            if writer.closed:
+                drainer._gap_in_own_lane(gap)
+            else:
+                append_gap(writer, gap)
+
+        drainer = cls(
+            spool_dir, transport, record_gap=record_gap, space_freed=writer.notify_space, **options
         )
-        return cls(handler.spool_dir, transport, writer=handler.writer)
+        return drainer
 
     # -- one pass ----------------------------------------------------------------------
 
@@ -203,8 +216,7 @@ class Drainer:
         for damage in batch.damage:  # recorded before the ack can unlink the segment
             self._record_damage(damage)
         self.reader.ack(batch)
-        if self._writer is not None:
-            self._writer.notify_space()
+        self._space_freed()
         stats = self._stats
         stats.batches += 1
         stats.delivered += len(messages) - len(rejected)
@@ -231,7 +243,7 @@ class Drainer:
                 damage.last_seq,
                 damage.lane,
             )
-            self._gap_writer().append_body(gap.encode(), Kind.GAP)
+            self._record_gap(gap)
         self._stats.corrupt_records += damage.lost
         self._loss_note = f"corruption: {lost} lost in {detail}"
         self._stats.last_error_at = time.time()
@@ -276,15 +288,14 @@ class Drainer:
             self._stats.dead_lettered += 1
             return
         gap = Gap.span(GapReason.DEAD_LETTER, seq, seq, reason, lane)
-        self._gap_writer().append_body(gap.encode(), Kind.GAP)
+        self._record_gap(gap)
         self._stats.dead_lettered += 1
 
-    def _gap_writer(self) -> SpoolWriter:
-        if self._writer is not None and not self._writer.closed:
-            return self._writer
-        if self._own_writer is None:  # out of process: record gaps in a lane of our own
+    def _gap_in_own_lane(self, gap: Gap) -> None:
+        """The default ``record_gap``: a lane of the drainer's own, opened on first use."""
+        if self._own_writer is None:
             self._own_writer = SpoolWriter(self.spool_dir)
-        return self._own_writer
+        append_gap(self._own_writer, gap)
 
     # -- retrying loops ------------------------------------------------------------------
 
@@ -485,9 +496,8 @@ class Drainer:
         return asdict(self._stats)
 
     def pending_events(self) -> int:
-        """Event records not yet acknowledged, over every lane."""
-        reader = SpoolReader(self.spool_dir, remove_idle_lanes=False)
-        return sum(len(b.events()) for b in reader.batches(10_000, 1 << 26))
+        """Event records not yet acknowledged, over every lane (spool/inventory.py)."""
+        return take_inventory(self.spool_dir, Depth.COUNT).pending_events
 
     def try_lock(self, timeout: Optional[float] = 0) -> bool:
         """Take the drain lock within ``timeout`` (None: until ``request_stop()``)."""
@@ -542,6 +552,15 @@ class Drainer:
         ):
             sweep_temp_files(directory)
         return True
+
+
+def append_gap(writer: SpoolWriter, gap: Gap) -> None:
+    """Write ``gap`` into ``writer``'s lane (a gap record is never refused for space)."""
+    writer.append_body(gap.encode(), Kind.GAP)
+
+
+def _nothing() -> None:
+    """The default ``space_freed``."""
 
 
 def read_drain_owner(spool_dir: str) -> Optional[Dict[str, Any]]:

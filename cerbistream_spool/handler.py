@@ -9,21 +9,32 @@ Fork (gunicorn ``--preload``, uwsgi, celery prefork, ``multiprocessing`` fork):
 the ``after_in_child`` hook forgets the parent's writer, drainer and watcher;
 the child opens a lane of its own on its first emit and, with ``drain=True``,
 starts a drainer that stands by on the spool's drain lock.
+
+The drainer knows no handler (drain.py): it is given ``record_gap`` and
+``space_freed``, which find the live writer when called. A gap the drainer records
+while the spool is not open (it could not be opened yet) is owed to the handler and
+written into its lane as soon as the spool opens, never into a second lane of the
+process; after ``close()`` it goes into a lane opened for it (the handler's own lane
+number again unless another process took it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
 import threading
 import time
 import weakref
-from typing import Any, Dict, Optional, Tuple, TypedDict
+from typing import Any, Dict, List, Optional, Tuple, TypedDict
 
 from cerbistream_spool.diagnostics import Reporter, guard
-from cerbistream_spool.errors import GovernanceConfigError, SpoolConfigError, SpoolFullError
+from cerbistream_spool.errors import (
+    GovernanceConfigError,
+    SpoolConfigError,
+    SpoolError,
+    SpoolFullError,
+)
 from cerbistream_spool.event import EventEncoder
 from cerbistream_spool.governance import (
     REDACTED,
@@ -33,10 +44,9 @@ from cerbistream_spool.governance import (
 )
 from cerbistream_spool.governance_watch import GovernanceWatcher
 from cerbistream_spool.spool.config import MiB, SpoolConfig
-from cerbistream_spool.spool.lanes import lane_dir
-from cerbistream_spool.spool.reader import oldest_pending_ns
+from cerbistream_spool.spool.inventory import Depth, take_inventory
+from cerbistream_spool.spool.markers import Gap
 from cerbistream_spool.spool.record import Kind
-from cerbistream_spool.spool.segments import list_segments
 from cerbistream_spool.spool.writer import SpoolWriter, forget_inherited_lock
 from cerbistream_spool.transports.base import CONNECTION_ENV, DEFAULT_QUEUE
 
@@ -113,6 +123,8 @@ class SpoolHandler(logging.Handler):
         self._dropped_at_close = 0
         self._open_lock = threading.Lock()
         self._owed = 0  # drops while no writer was open: a gap record once one opens
+        self._owed_gaps: List[Gap] = []  # the drainer's gaps while no writer was open
+        self._gap_lock = threading.Lock()  # after _open_lock when both are taken
         self._restart_drainer = False
         self._restart_watcher = False
         self._forked = False
@@ -239,9 +251,14 @@ class SpoolHandler(logging.Handler):
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher = None
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                writer.close()
+            with self._gap_lock:  # a late gap of the drainer waits, then takes a lane of its own
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    self._write_owed_gaps(writer)
+                    writer.close()
+                if self._owed_gaps:
+                    count, self._owed_gaps = len(self._owed_gaps), []
+                    self._reporter.report("gaps", f"{count} drainer gap record(s) lost at close")
             if self._built and self._final_stats is None:  # kept; a second close changes none
                 self._dropped_at_close = self._dropped
                 self._final_stats = self._stats(writer, drainer)
@@ -271,7 +288,9 @@ class SpoolHandler(logging.Handler):
         return out
 
     def _stats(self, writer: Optional[SpoolWriter], drainer: Any) -> SpoolStats:
-        ws: Dict[str, Any] = writer.stats() if writer is not None else {}
+        lane = None if writer is None else writer.lane
+        inventory = None if lane is None else take_inventory(self.spool_dir, Depth.OLDEST, (lane,))
+        ws: Dict[str, Any] = writer.stats(inventory) if writer is not None else {}
         drain: Optional[Dict[str, Any]] = drainer.stats() if drainer is not None else None
         dstats = drain or {}
         # records the drainer passed without delivering them: the cursor is beyond them
@@ -280,12 +299,9 @@ class SpoolHandler(logging.Handler):
         pending = int(ws.get("pending_records", 0))
         pending_bytes = int(ws.get("pending_bytes", 0))
         oldest_age: Optional[float] = None
-        if writer is not None and pending:
-            oldest = oldest_pending_ns(self.spool_dir, writer.lane)
-            if oldest is not None:
-                oldest_age = max(0.0, (time.time_ns() - oldest) / 1e9)
-            if writer.closed and not pending_bytes:  # the closed writer no longer sizes its lane
-                pending_bytes = _lane_bytes(self.spool_dir, writer.lane)
+        found = None if inventory is None or lane is None else inventory.lane(lane)
+        if pending and found is not None and found.oldest_pending_ns is not None:
+            oldest_age = max(0.0, (time.time_ns() - found.oldest_pending_ns) / 1e9)
         times = [t for t in (self._last_error_at, dstats.get("last_error_at")) if t is not None]
         return SpoolStats(
             lane=ws.get("lane"),
@@ -366,6 +382,8 @@ class SpoolHandler(logging.Handler):
                 self._reporter.report(f"recovery:{note}", f"recovered {self.spool_dir}: {note}")
             owed, self._owed = self._owed, 0
             self._writer.note_loss("write-error", owed, "dropped: the spool could not be opened")
+            with self._gap_lock:
+                self._write_owed_gaps(self._writer)
             if self._restart_watcher:  # a forked child: the parent's threads did not come along
                 self._restart_watcher = False
                 self._start_watcher()
@@ -416,10 +434,58 @@ class SpoolHandler(logging.Handler):
         )
         self._watcher.start()
 
-    def _start_drainer(self) -> None:
-        from cerbistream_spool.drain import Drainer  # noqa: PLC0415 — optional part
+    # -- the drainer's callbacks (drainer thread) ---------------------------------------
 
-        self._drainer = Drainer.for_handler(self)
+    def _record_gap(self, gap: Gap) -> None:
+        """The drainer's ``record_gap``: into the live writer's lane; owed while none is open."""
+        with self._gap_lock:
+            writer = self._writer
+            if writer is not None and not writer.closed:
+                self._write_owed_gaps(writer)
+                _append_gap(writer, gap)
+                return
+            if not self._closed:
+                self._owed_gaps.append(gap)  # written by _open_writer once the spool opens
+                return
+        with SpoolWriter(self.spool_dir, self.config) as late:  # closed: our lane is released
+            _append_gap(late, gap)
+
+    def _space_freed(self) -> None:
+        """The drainer's ``space_freed``: wake the live writer's space waiters."""
+        writer = self._writer
+        if writer is not None:
+            writer.notify_space()
+
+    def _write_owed_gaps(self, writer: SpoolWriter) -> None:
+        """Write the gaps owed while the spool was not open, oldest first (caller holds
+        ``_gap_lock``). One that cannot be written stays owed, for the next gap or close."""
+        try:
+            while self._owed_gaps:
+                _append_gap(writer, self._owed_gaps[0])
+                del self._owed_gaps[0]
+        except (OSError, SpoolError) as exc:
+            self._error("write", f"drainer gap record not written: {exc}")
+            self._reporter.report("gaps", f"drainer gap record(s) not written yet: {exc}")
+
+    def _new_drainer(self) -> Any:
+        """The Service Bus drainer of this handler (the SDK is imported only now)."""
+        from cerbistream_spool.drain import Drainer  # noqa: PLC0415 — optional part
+        from cerbistream_spool.transports.servicebus import (  # noqa: PLC0415 — heavy SDK
+            ServiceBusTransport,
+        )
+
+        transport = ServiceBusTransport(
+            queue_name=self.queue_name,
+            connection_string=self.connection_string,
+            fully_qualified_namespace=self.fully_qualified_namespace,
+            credential=self.credential,
+        )
+        return Drainer(
+            self.spool_dir, transport, record_gap=self._record_gap, space_freed=self._space_freed
+        )
+
+    def _start_drainer(self) -> None:
+        self._drainer = self._new_drainer()
         problem = self._drainer.transport.settings_problem()  # once, at construction
         if problem:
             self._reporter.report("connection", f"the drainer cannot ship until fixed: {problem}")
@@ -433,6 +499,8 @@ class SpoolHandler(logging.Handler):
         restarts the watcher and (with ``drain=True``) a drainer there.
         """
         self._open_lock = threading.Lock()
+        self._gap_lock = threading.Lock()
+        self._owed_gaps = []  # the parent's drainer owed them, in the parent
         self._writer = None
         self._forked = True
         self._next_open = 0.0
@@ -446,13 +514,9 @@ class SpoolHandler(logging.Handler):
         self._watcher = None
 
 
-def _lane_bytes(spool_dir: str, lane: int) -> int:
-    """Bytes of the lane's segments on disk (0 when it is gone)."""
-    total = 0
-    for _, path in list_segments(lane_dir(spool_dir, lane)):
-        with contextlib.suppress(OSError):
-            total += os.stat(path).st_size
-    return total
+def _append_gap(writer: SpoolWriter, gap: Gap) -> None:
+    """Write one of the drainer's gap records into ``writer``'s lane (the one place)."""
+    writer.append_body(gap.encode(), Kind.GAP)
 
 
 def _close_at_worker_exit(handler: SpoolHandler) -> None:

@@ -1,8 +1,10 @@
 """status(spool_dir) → what ``cerbispool status`` prints: lanes, segments, pending, errors.
 
-Reads each lane's cursor and sizes, and the records above the cursor (to count
-pending events exactly; markers and gap records are not events), and the totals of
-the losses ledger (spool/losses.py): every loss whose gap record was delivered.
+Lanes, sizes, cursors and pending events come from one inventory of the spool
+(spool/inventory.py: pending events counted exactly, markers and gap records are not
+events); added here: which lanes have a live writer, quarantined copies, foreign
+entries, the drainer's last published counters and the totals of the losses ledger
+(spool/losses.py): every loss whose gap record was delivered.
 """
 
 from __future__ import annotations
@@ -12,19 +14,10 @@ import os
 import time
 from typing import Any, Dict, Optional
 
-from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.fsio import atomic_write, file_size, list_entries, read_regular
-from cerbistream_spool.spool.lanes import (
-    QUARANTINE_DIR,
-    foreign_entries,
-    lane_dir,
-    lane_is_live,
-    list_lanes,
-)
+from cerbistream_spool.spool.fsio import atomic_write, list_entries, read_regular
+from cerbistream_spool.spool.inventory import Depth, take_inventory
+from cerbistream_spool.spool.lanes import QUARANTINE_DIR, foreign_entries, lane_is_live
 from cerbistream_spool.spool.losses import read_ledger
-from cerbistream_spool.spool.reader import pending_events
-from cerbistream_spool.spool.recovery import scan_tail
-from cerbistream_spool.spool.segments import list_segments
 
 __all__ = ["STATUS_FILE", "read_drain_status", "status", "write_drain_status"]
 
@@ -34,36 +27,23 @@ _STATUS_MAX_BYTES = 1 << 20
 
 def status(spool_dir: str) -> Dict[str, Any]:
     """Per-lane and total pending records/bytes, oldest pending age, the drainer's last error."""
-    lanes = []
     now = time.time_ns()
-    for lane in list_lanes(spool_dir):
-        ldir = lane_dir(spool_dir, lane)
-        segments = list_segments(ldir)
-        cursor = read_cursor(ldir, lane)
-        acked = cursor.acked_seq if isinstance(cursor, Cursor) else 0
-        last_seq = None
-        if segments:
-            try:
-                tail = scan_tail(read_regular(segments[-1][1]))
-                last_seq = tail.last.seq if tail.last else segments[-1][0] - 1
-            except OSError:  # removed by a drainer meanwhile, or replaced by a foreign file
-                last_seq = None
-        pending, pending_bytes, oldest = pending_events(spool_dir, lane)
-        lanes.append(
-            {
-                "lane": lane,
-                "live": lane_is_live(spool_dir, lane),
-                "segments": len(segments),
-                "bytes": sum(file_size(p) for _, p in segments),
-                "pending_bytes": pending_bytes,
-                "acked_seq": acked,
-                "last_seq": last_seq,
-                "pending_records": pending,
-                "oldest_pending_age_s": None if oldest is None else max(0.0, (now - oldest) / 1e9),
-                "cursor_problem": cursor if isinstance(cursor, str) else None,
-            }
-        )
-    ages = [ln["oldest_pending_age_s"] for ln in lanes if ln["oldest_pending_age_s"] is not None]
+    inventory = take_inventory(spool_dir, Depth.COUNT, tails=True)
+    lanes = [
+        {
+            "lane": ln.lane,
+            "live": lane_is_live(spool_dir, ln.lane),
+            "segments": len(ln.segments),
+            "bytes": ln.bytes,
+            "pending_bytes": ln.pending_bytes or 0,
+            "acked_seq": ln.acked_seq,
+            "last_seq": ln.last_seq,
+            "pending_records": ln.pending_events or 0,
+            "oldest_pending_age_s": _age_s(now, ln.oldest_pending_ns),
+            "cursor_problem": ln.cursor_problem,
+        }
+        for ln in inventory.lanes
+    ]
     qdir = os.path.join(spool_dir, QUARANTINE_DIR)
     drain = read_drain_status(spool_dir) or {}
     ledger = read_ledger(spool_dir)
@@ -71,10 +51,10 @@ def status(spool_dir: str) -> Dict[str, Any]:
         "spool_dir": os.path.abspath(spool_dir),
         "lanes": lanes,
         "segments": sum(ln["segments"] for ln in lanes),
-        "pending_records": sum(ln["pending_records"] for ln in lanes),
-        "pending_bytes": sum(ln["pending_bytes"] for ln in lanes),
-        "spool_bytes": sum(ln["bytes"] for ln in lanes),
-        "oldest_pending_age_s": max(ages) if ages else None,
+        "pending_records": inventory.pending_events,
+        "pending_bytes": inventory.pending_bytes,
+        "spool_bytes": inventory.bytes,
+        "oldest_pending_age_s": _age_s(now, inventory.oldest_pending_ns),
         "quarantined": sorted(name for name, _ in list_entries(qdir)),
         "foreign": foreign_entries(spool_dir),
         "last_error": drain.get("last_error"),
@@ -86,6 +66,10 @@ def status(spool_dir: str) -> Dict[str, Any]:
             "problems": [f"{p.file} @{p.offset}: {p.kind}: {p.detail}" for p in ledger.problems],
         },
     }
+
+
+def _age_s(now_ns: int, then_ns: Optional[int]) -> Optional[float]:
+    return None if then_ns is None else max(0.0, (now_ns - then_ns) / 1e9)
 
 
 def write_drain_status(spool_dir: str, doc: Dict[str, Any]) -> None:

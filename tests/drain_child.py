@@ -57,7 +57,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     transport = SendThenHang(
         queue_name=QUEUE, connection_string=args.connection_string, send_timeout_s=10
     )
-    drainer = Drainer(args.spool_dir, transport, writer=handler.writer)
+    drainer = Drainer.for_writer(args.spool_dir, transport, handler.writer)
     drainer.run_once()  # never returns: SendThenHang.send hangs after the broker accepted
     print("UNREACHABLE", flush=True)
     return 1

@@ -21,10 +21,10 @@ from cerbistream_spool.transports.jsonl import JsonlTransport
 def main(argv: List[str]) -> int:
     spool_dir, out = argv[0], argv[1]
     writer = SpoolWriter(spool_dir, SpoolConfig(fsync="never"))
-    drainer = Drainer(
+    drainer = Drainer.for_writer(
         spool_dir,
         JsonlTransport(out),
-        writer=writer,
+        writer,
         idle_poll_s=0.05,
         backoff_base_s=0.02,
         backoff_max_s=0.1,

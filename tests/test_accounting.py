@@ -67,10 +67,10 @@ def test_drop_oldest_never_drops_what_a_slow_drainer_has_in_flight(spool_dir: st
     )
     writer = SpoolWriter(spool_dir, config)
     transport = SlowTransport(0.02)
-    drainer = Drainer(
+    drainer = Drainer.for_writer(
         spool_dir,
         transport,
-        writer=writer,
+        writer,
         batch_max_records=20,
         idle_poll_s=0.01,
         backoff_base_s=0.01,

@@ -72,8 +72,8 @@ def test_a_damaged_record_in_a_sealed_segment_is_quarantined_recorded_and_its_ne
     assert len(expected) == 40  # 39 old + 1 live: the damaged one cannot be read
 
     peer = peers()
-    drainer = Drainer(
-        spool_dir, transport_for(peer.connection_string()), writer=live_app.writer, **FAST
+    drainer = Drainer.for_writer(
+        spool_dir, transport_for(peer.connection_string()), live_app.writer, **FAST
     )
     try:
         assert drainer.drain_until_idle(timeout=20) == 0

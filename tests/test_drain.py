@@ -34,9 +34,12 @@ pytest.importorskip("azure.servicebus")
 from spoolkit import wait_until
 
 from cerbistream_spool import SpoolHandler, verify
+from cerbistream_spool import handler as handler_module
 from cerbistream_spool.drain import DEADLETTER_DIR, Drainer
 from cerbistream_spool.errors import TransientTransportError
 from cerbistream_spool.event import EventEncoder
+from cerbistream_spool.spool import SpoolWriter
+from cerbistream_spool.spool.lanes import lane_dir, list_lanes
 from cerbistream_spool.spool.reader import SpoolReader
 from cerbistream_spool.spool.record import Kind, decode_body
 from cerbistream_spool.status import status as spool_status
@@ -87,6 +90,18 @@ def pending_events(spool_dir: str) -> Events:
     """Event records after each lane's cursor, by LogId."""
     reader = SpoolReader(spool_dir, remove_idle_lanes=False)
     return {r.value()["LogId"]: r.value() for b in reader.batches() for r in b.events()}
+
+
+def dead_letter_gaps(spool_dir: str) -> Dict[int, List[Tuple[int, int]]]:
+    """Lane holding each dead-letter gap record -> [(lane, seq) of the record it names]."""
+    reader = SpoolReader(spool_dir, remove_idle_lanes=False, from_start=True)
+    found: Dict[int, List[Tuple[int, int]]] = {}
+    for batch in reader.batches():
+        for rec in batch.records:
+            body = rec.value() if rec.kind == Kind.GAP else None
+            if isinstance(body, dict) and body.get("reason") == "dead-letter":
+                found.setdefault(batch.lane, []).append((body["lane"], body["first_seq"]))
+    return found
 
 
 def check_delivered(records: List[AcceptedMessage], expected: Events) -> collections.Counter:
@@ -165,16 +180,16 @@ def peers() -> Iterator[Callable[..., LocalPeer]]:
 @pytest.fixture
 def fast_handler_drainer(monkeypatch: pytest.MonkeyPatch) -> None:
     """A SpoolHandler's own drainer retries with small backoff values (the defaults are 30 s)."""
-    original = Drainer.for_handler.__func__  # type: ignore[attr-defined]
+    original = SpoolHandler._new_drainer
 
-    def for_handler(cls: type, handler: SpoolHandler) -> Drainer:
-        drainer = original(cls, handler)
-        drainer.transport.send_timeout_s = 5
+    def new_drainer(handler: SpoolHandler) -> Drainer:
+        drainer: Drainer = original(handler)
+        drainer.transport.send_timeout_s = 5  # type: ignore[attr-defined]
         for name, value in FAST.items():
             setattr(drainer, name, value)
         return drainer
 
-    monkeypatch.setattr(Drainer, "for_handler", classmethod(for_handler))
+    monkeypatch.setattr(SpoolHandler, "_new_drainer", new_drainer)
 
 
 @pytest.fixture
@@ -392,10 +407,10 @@ def test_connection_closed_mid_batch_and_30pct_busy_lose_nothing_duplicates_iden
     # seed 2: the 1st delivery passes, the 2nd is cut with the connection (close_after=2),
     # then busy rejections follow at random (30 %)
     peer = peers(busy_rate=0.3, close_after=2, seed=2, on_accept=close_again)
-    drainer = Drainer(
+    drainer = Drainer.for_writer(
         spool_dir,
         transport_for(peer.connection_string()),
-        writer=handler.writer,
+        handler.writer,
         batch_max_records=30,
         **FAST,
     )
@@ -581,8 +596,8 @@ def test_oversize_event_is_dead_lettered_and_the_rest_flows(
         if r.value()["LogId"] == huge_id
     )
 
-    drainer = Drainer(
-        spool_dir, transport_for(peer.connection_string()), writer=handler.writer, **FAST
+    drainer = Drainer.for_writer(
+        spool_dir, transport_for(peer.connection_string()), handler.writer, **FAST
     )
     try:
         assert drainer.drain_until_idle(timeout=20) == 0
@@ -605,8 +620,8 @@ def test_oversize_event_is_dead_lettered_and_the_rest_flows(
     handler.flush()
     later = pending_events(spool_dir)
     assert len(later) == 1
-    drainer = Drainer(
-        spool_dir, transport_for(peer.connection_string()), writer=handler.writer, **FAST
+    drainer = Drainer.for_writer(
+        spool_dir, transport_for(peer.connection_string()), handler.writer, **FAST
     )
     try:
         assert drainer.drain_until_idle(timeout=10) == 0
@@ -621,6 +636,72 @@ def test_oversize_event_is_dead_lettered_and_the_rest_flows(
     assert len(dead) == 1
     assert dead[0]["first_seq"] == dead[0]["last_seq"] == huge_seq
     assert dead[0]["count"] == 1
+
+
+def test_a_handler_whose_spool_opened_late_gets_its_drainers_gaps_in_its_own_lane(
+    spool_dir: str,
+    peers: Callable[..., LocalPeer],
+    make_handler: Callable[..., Tuple[SpoolHandler, logging.Logger]],
+    fast_handler_drainer: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The drainer is built while no lane can be opened (``lanes`` is a file); the spool
+    opens on a later emit. A dead letter's gap then goes into the handler's live lane:
+    the process never holds a second lane."""
+    monkeypatch.setattr(handler_module, "_REOPEN_EVERY_S", 0.0)  # retry the open at once
+    blocker = Path(spool_dir, "lanes")
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory: no lane can be opened yet")
+    peer = peers()  # max message size 1 MiB
+    handler, log = make_handler(spool_dir, connection_string=peer.connection_string())
+    assert handler.writer is None
+    blocker.unlink()
+    log.info("huge", extra={"blob": "x" * (2 * 1024 * 1024)})  # opens the spool
+    log.info("after")
+    handler.flush()
+    writer = handler.writer
+    assert writer is not None
+    assert wait_until(lambda: handler.stats()["drain"]["dead_lettered"] == 1, timeout=15)
+    assert wait_until(lambda: handler.stats()["pending_records"] == 0, timeout=10)
+    assert list_lanes(spool_dir) == [writer.lane]  # no lane of the drainer's own
+    handler.close()
+    assert list_lanes(spool_dir) in ([], [writer.lane])
+    report = verify(spool_dir)
+    assert report.valid, report.problems
+    assert dead_letter_gaps(spool_dir) == {writer.lane: [(writer.lane, 2)]}
+
+
+def test_a_gap_recorded_while_the_handlers_spool_is_not_open_is_written_once_it_opens(
+    spool_dir: str,
+    peers: Callable[..., LocalPeer],
+    make_handler: Callable[..., Tuple[SpoolHandler, logging.Logger]],
+    fast_handler_drainer: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another writer holds lane 0 and every other lane is unusable (a foreign file in it):
+    the handler cannot open its spool, its drainer ships lane 0 and dead-letters a record
+    there. The gap is owed to the handler and lands in the handler's lane when it opens."""
+    monkeypatch.setattr(handler_module, "_REOPEN_EVERY_S", 0.0)
+    other = SpoolWriter(spool_dir)
+    try:
+        other.append({"LogId": "too-big", "blob": "x" * (2 * 1024 * 1024)})
+        other.flush()
+        for lane in range(1, 256):
+            os.makedirs(lane_dir(spool_dir, lane))
+            Path(lane_dir(spool_dir, lane), "foreign").write_text("not a spool file")
+        peer = peers()  # max message size 1 MiB
+        handler, log = make_handler(spool_dir, connection_string=peer.connection_string())
+        assert handler.writer is None
+        assert wait_until(lambda: handler.stats()["drain"]["dead_lettered"] == 1, timeout=15)
+        Path(lane_dir(spool_dir, 1), "foreign").unlink()  # lane 1 is usable now
+        log.info("opens the spool")
+        writer = handler.writer
+        assert writer is not None and writer.lane == 1
+        handler.close()
+    finally:
+        other.close()
+    assert dead_letter_gaps(spool_dir) == {1: [(0, 2)]}  # lane 0's seq 2, noted in lane 1
+    assert all(os.listdir(lane_dir(spool_dir, n)) == ["foreign"] for n in range(2, 256))
 
 
 # ---------------------------------------------------------------------------
@@ -768,8 +849,8 @@ def test_cli_status_json_reports_pending_records_bytes_age_and_lanes(
     assert lane["bytes"] == doc["spool_bytes"] == doc["pending_bytes"] + 68 * lane["segments"]
 
     peer = peers()
-    drainer = Drainer(
-        spool_dir, transport_for(peer.connection_string()), writer=handler.writer, **FAST
+    drainer = Drainer.for_writer(
+        spool_dir, transport_for(peer.connection_string()), handler.writer, **FAST
     )
     try:
         assert drainer.drain_until_idle(timeout=10) == 0
@@ -803,8 +884,8 @@ def test_cli_tail_prints_pending_only_and_all_includes_delivered_still_on_disk(
         log.info("shipped %d", i)
     handler.flush()
     shipped = pending_events(spool_dir)
-    drainer = Drainer(
-        spool_dir, transport_for(peer.connection_string()), writer=handler.writer, **FAST
+    drainer = Drainer.for_writer(
+        spool_dir, transport_for(peer.connection_string()), handler.writer, **FAST
     )
     try:
         assert drainer.drain_until_idle(timeout=10) == 0

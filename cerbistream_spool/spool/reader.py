@@ -72,7 +72,7 @@ from cerbistream_spool.spool.segments import (
     list_segments,
 )
 
-__all__ = ["Batch", "Damage", "SpoolReader", "oldest_pending_ns", "pending_events"]
+__all__ = ["Batch", "Damage", "SpoolReader"]
 
 _MAX_PROBLEMS = 1000
 _GAP = int(Kind.GAP)  # a plain int: compared once per record read
@@ -163,6 +163,7 @@ class SpoolReader:
     from_start: bool = False  # ignore cursors: everything still on disk (``tail --all``)
     unlink_acked: bool = True  # False: ack only moves the cursor (a replayed copy keeps all)
     pin: bool = False  # pin segments with records in flight until acked (the drainer's reader)
+    sweep: bool = True  # finish lane removals a crash interrupted (False: spool/inventory.py)
     problems: List[Dict[str, Any]] = field(default_factory=list)
     losses_error: Optional[str] = None  # why delivered gaps could not go to the ledger (kept)
     _pos: Dict[int, _Position] = field(default_factory=dict)
@@ -171,7 +172,8 @@ class SpoolReader:
     _next_lane: int = 0
 
     def __post_init__(self) -> None:
-        _sweep_removed_lanes(self.spool_dir)
+        if self.sweep:
+            _sweep_removed_lanes(self.spool_dir)
         _READERS[id(self)] = self
 
     # -- public API ---------------------------------------------------------------
@@ -562,36 +564,6 @@ def _sweep_removed_lanes(spool_dir: str) -> None:
     for name, kind in list_entries(lanes_dir):
         if name.startswith(_REMOVING) and kind == "dir":
             shutil.rmtree(os.path.join(lanes_dir, name), ignore_errors=True)
-
-
-def pending_events(spool_dir: str, lane: int) -> Tuple[int, int, Optional[int]]:
-    """Above the lane's cursor: (event records, frame bytes of all records, oldest event's
-    append time ns). Reads them all."""
-    reader = SpoolReader(spool_dir, remove_idle_lanes=False, lanes={lane})
-    count, nbytes, oldest = 0, 0, None
-    for batch in reader.batches(10_000, 1 << 24):
-        nbytes += batch.nbytes + FRAME_OVERHEAD * len(batch.records)
-        for record in batch.events():
-            count += 1
-            if oldest is None:
-                oldest = record.ts_ns
-    return count, nbytes, oldest
-
-
-def oldest_pending_ns(spool_dir: str, lane: int) -> Optional[int]:
-    """Append time of the lane's oldest unacknowledged event, or None when none is pending.
-
-    Open, close and gap records are skipped: an app that opened its lane an hour
-    ago and logged one event now has an oldest pending age of ~0 s.
-    """
-    reader = SpoolReader(spool_dir, remove_idle_lanes=False)
-    while True:
-        batch = reader._read_lane(lane, 16, 1 << 20)
-        if batch is None or not batch.records:
-            return None
-        events = batch.events()
-        if events:
-            return events[0].ts_ns
 
 
 def _gaps_in_file(lane: int, path: str) -> List[LedgerEntry]:

@@ -43,8 +43,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from cerbistream_spool.errors import SpoolClosedError, SpoolError, SpoolFullError
 from cerbistream_spool.spool.chain import Chain
 from cerbistream_spool.spool.config import SpoolConfig
-from cerbistream_spool.spool.cursor import ensure_cursor, load_cursor
+from cerbistream_spool.spool.cursor import Cursor, ensure_cursor, load_cursor
 from cerbistream_spool.spool.fsio import ensure_dir, file_size, fsync_dir, write_all
+from cerbistream_spool.spool.inventory import Depth, Inventory, take_inventory
 from cerbistream_spool.spool.lanes import acquire_lane, lane_dir, list_lanes, unlink_unpinned
 from cerbistream_spool.spool.markers import Gap, GapReason, close_body, open_body
 from cerbistream_spool.spool.record import Kind, encode_body, encode_record
@@ -259,17 +260,18 @@ class SpoolWriter:
                 os.close(fd)
             self._release()
 
-    def stats(self) -> Dict[str, Any]:
-        """Watermarks and counters of this lane."""
+    def stats(self, inventory: Optional[Inventory] = None) -> Dict[str, Any]:
+        """Watermarks and counters of this lane; its cursor and size on disk come from
+        ``inventory`` when it holds the lane, else from one taken now (spool/inventory.py)."""
         with self._lock:
-            lane_dir_now = self._dir
-        try:
-            cursor = load_cursor(lane_dir_now, self.lane)
-        except OSError:
-            cursor = None
+            lane, lane_dir_now = self.lane, self._dir
+        found = inventory.lane(lane) if inventory is not None else None
+        if found is None:
+            found = take_inventory(self.spool_dir, Depth.SIZES, (lane,)).lane(lane)
         with self._lock:
-            if cursor is not None and self._dir == lane_dir_now:
-                self._last_acked = max(self._last_acked, cursor.acked_seq)
+            current = self.lane == lane and self._dir == lane_dir_now
+            if found is not None and isinstance(found.cursor, Cursor) and current:
+                self._last_acked = max(self._last_acked, found.cursor.acked_seq)
             delivered = self._last_acked
             lane_events = self._events - self._prior_events
             delivered_events = self._delivered_events(delivered)
@@ -282,7 +284,9 @@ class SpoolWriter:
                 "delivered": delivered,
                 "pending_records": pending,
                 # an upper bound: the lane's bytes on disk, delivered records not yet unlinked
-                "pending_bytes": self._lane_bytes() if pending else 0,
+                "pending_bytes": (found.bytes if found and current else self._lane_bytes())
+                if pending
+                else 0,
                 "dropped": self._dropped,
                 "lost": self._lost,
                 "events": self._events,
