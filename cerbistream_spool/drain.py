@@ -215,6 +215,9 @@ class Drainer:
             self._dead_letter(message.lane, message.seq, message, reason)
         for damage in batch.damage:  # recorded before the ack can unlink the segment
             self._record_damage(damage)
+        # the broker accepted: the transport's error has ended before the ack shows the
+        # records delivered (handler.stats() reads pending and last_error apart)
+        self._stats.last_error = self._loss_note or self.reader.losses_error
         self.reader.ack(batch)
         self._space_freed()
         stats = self._stats

@@ -44,6 +44,7 @@ from cerbistream_spool.spool.reader import SpoolReader
 from cerbistream_spool.spool.record import Kind, decode_body
 from cerbistream_spool.status import status as spool_status
 from cerbistream_spool.transports import servicebus
+from cerbistream_spool.transports.memory import MemoryTransport
 from cerbistream_spool.transports.servicebus import ServiceBusTransport
 from tools.amqp_peer import AcceptedMessage, LocalPeer
 
@@ -932,3 +933,28 @@ def test_cli_verify_replay_to_file_writes_pending_events_then_none_are_pending(
     assert json.loads(res.stdout)["pending"] == 0
     assert cli("tail", spool_dir).stdout == ""
     assert json.loads(cli("status", spool_dir, "--json").stdout)["pending_records"] == 0
+
+
+def test_the_error_has_ended_by_the_time_the_records_leave_pending(spool_dir: str) -> None:
+    # whoever sees the records acknowledged (pending 0) must not still see the old error:
+    # handler.stats() reads both, and read them between the ack and the stats update
+    with SpoolWriter(spool_dir) as writer:
+        for i in range(5):
+            writer.append({"LogId": f"id-{i}", "n": i})
+    transport = MemoryTransport()
+    transport.fail_next = 1
+    seen: List[Optional[str]] = []
+    drainer = Drainer(
+        spool_dir,
+        transport,
+        space_freed=lambda: seen.append(drainer.stats()["last_error"]),
+        backoff_base_s=0.001,
+        backoff_max_s=0.001,
+    )
+    try:
+        drainer.drain_until_idle(timeout=10)
+    finally:
+        drainer.close()
+    assert transport.sends == 2  # one failure, then the batch
+    assert drainer.stats()["failures"] == 1
+    assert seen == [None]  # at the ack, the transport's error had already ended
