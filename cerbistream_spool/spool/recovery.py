@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir, read_regular
+from cerbistream_spool.spool.fsio import atomic_write, current, ensure_dir, fsync_dir, read_regular
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir
 from cerbistream_spool.spool.markers import Gap, GapReason
 from cerbistream_spool.spool.record import (
@@ -44,6 +44,8 @@ from cerbistream_spool.spool.segments import (
 )
 
 __all__ = ["LaneState", "Tail", "recover_lane", "scan_tail"]
+
+_TRUNCATE_FLAGS = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass
@@ -128,7 +130,7 @@ def _quarantine(spool_dir: str, lane: int, path: str) -> str:
     qdir = os.path.join(spool_dir, QUARANTINE_DIR)
     ensure_dir(qdir)
     target = os.path.join(qdir, f"{lane:04d}-{time.time_ns()}-{os.path.basename(path)}")
-    os.replace(path, target)
+    current().replace(path, target)
     fsync_dir(qdir)
     fsync_dir(os.path.dirname(path))
     return target
@@ -147,7 +149,8 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
     else:
         cursor = found_cursor
     segments = list_segments(ldir)
-    sealed = [(base, path, os.path.getsize(path)) for base, path in segments[:-1]]
+    fs = current()
+    sealed = [(base, path, fs.stat(path).st_size) for base, path in segments[:-1]]
     state = LaneState(
         lane,
         max(1, cursor.acked_seq + 1),
@@ -166,7 +169,7 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
     if isinstance(header, str) or header.base_seq != base or header.lane != lane:
         problem = header if isinstance(header, str) else "header names another lane or base"
         if len(buf) < HEADER_SIZE:  # crash between create and header write: nothing was in it
-            os.unlink(path)
+            fs.unlink(path)
             fsync_dir(ldir)
             notes.append(f"removed empty segment {os.path.basename(path)} ({problem})")
         else:
@@ -196,9 +199,12 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
     size = len(buf)
     reason, detail = GapReason.LOST, "records delivered before a crash are gone from disk"
     if tail.torn_bytes:
-        with open(path, "r+b") as fh:
-            fh.truncate(tail.good_end)
-            os.fsync(fh.fileno())
+        fd = fs.open(path, _TRUNCATE_FLAGS)
+        try:
+            fs.ftruncate(fd, tail.good_end)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
         size = tail.good_end
         state.truncated_bytes = tail.torn_bytes
         notes.append(
