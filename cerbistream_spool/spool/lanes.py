@@ -35,6 +35,7 @@ from filelock import FileLock, Timeout
 from cerbistream_spool.errors import LaneUnavailableError, SpoolError
 from cerbistream_spool.spool.fsio import (
     FILE_MODE,
+    ForeignFileError,
     current,
     ensure_dir,
     is_dir,
@@ -251,13 +252,15 @@ def owner_lock(spool_dir: str, lane: int) -> Optional[FileLock]:
 
 
 def pin_segment(path: str) -> Optional[int]:
-    """A descriptor holding a shared pin on the segment at ``path``; None when it is gone.
+    """A descriptor holding a shared pin on the segment at ``path``; None when it is gone
+    (or foreign now). Raises ``OSError`` for an I/O error: a segment is never taken for
+    gone because it could not be read.
 
     The caller closes the descriptor to unpin (a forked child closes its copy).
     """
     try:
         fd, _ = open_regular(path)
-    except OSError:
+    except (FileNotFoundError, ForeignFileError):
         return None
     fs = current()
     try:
@@ -265,9 +268,9 @@ def pin_segment(path: str) -> Optional[int]:
         if fs.fstat(fd).st_nlink == 0:  # dropped before we pinned it
             fs.close(fd)
             return None
-    except OSError:
+    except BaseException:
         fs.close(fd)
-        return None
+        raise
     return fd
 
 

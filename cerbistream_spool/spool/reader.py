@@ -77,6 +77,12 @@ from cerbistream_spool.spool.segments import (
 __all__ = ["Batch", "Damage", "SpoolReader", "oldest_pending_ns", "pending_events"]
 
 _MAX_PROBLEMS = 1000
+
+
+class _Unreadable(Exception):
+    """An I/O error reading a segment (reported): the lane's reading stops there."""
+
+
 _GAP = int(Kind.GAP)  # a plain int: compared once per record read
 _REMOVING = ".removing-"
 
@@ -301,7 +307,9 @@ class SpoolReader:
 
     def _hold(self, path: str) -> None:
         if path not in self._held:
-            fd = pin_segment(path)
+            fd: Optional[int] = None
+            with contextlib.suppress(OSError):  # unpinned, it is still kept: the next ack retries
+                fd = pin_segment(path)
             if fd is not None:
                 self._held[path] = fd
 
@@ -360,15 +368,18 @@ class SpoolReader:
             idx = bases.index(pos.base)
             next_base = bases[idx + 1] if idx + 1 < len(bases) else None
             path = segments[idx][1]
-            more, used = self._scan(
-                lane,
-                path,
-                pos,
-                records,
-                next_base,
-                max_records=max_records,
-                max_bytes=max_bytes - nbytes,
-            )
+            try:
+                more, used = self._scan(
+                    lane,
+                    path,
+                    pos,
+                    records,
+                    next_base,
+                    max_records=max_records,
+                    max_bytes=max_bytes - nbytes,
+                )
+            except _Unreadable:  # the lane waits here: what came before it is handed out
+                break
             nbytes += used
             if pos.stale:
                 return None
@@ -412,8 +423,7 @@ class SpoolReader:
             return False, used
         except OSError as exc:  # an I/O error: never stepped over; read again next time
             self._problem(lane, path, pos.offset, "io", f"segment unreadable: {exc}")
-            pos.stale = True
-            return False, used
+            raise _Unreadable from exc
         size = 0 if buf is None else len(buf)
         if buf is None or size < HEADER_SIZE:
             if buf is not None:

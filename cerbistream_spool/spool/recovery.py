@@ -16,6 +16,7 @@ Never loops, never raises on file contents (only on I/O errors).
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,14 @@ from typing import List, Optional, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.fsio import atomic_write, current, ensure_dir, fsync_dir, read_regular
+from cerbistream_spool.spool.fsio import (
+    atomic_write,
+    copy_file,
+    current,
+    ensure_dir,
+    fsync_dir,
+    read_regular,
+)
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir
 from cerbistream_spool.spool.markers import Gap, GapReason
 from cerbistream_spool.spool.record import (
@@ -46,6 +54,7 @@ from cerbistream_spool.spool.segments import (
 __all__ = ["LaneState", "Tail", "recover_lane", "scan_tail"]
 
 _TRUNCATE_FLAGS = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+_NO_LINK = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 @dataclass
@@ -126,13 +135,25 @@ class LaneState:
     truncated_bytes: int = 0
 
 
-def _quarantine(spool_dir: str, lane: int, path: str) -> str:
+def _quarantine(spool_dir: str, lane: int, path: str, *, keep: bool = False) -> str:
+    """Move ``path`` to ``quarantine/``; ``keep``: link (or copy) it there, the lane keeps
+    it until the caller replaces it, so a failure or crash in between loses nothing."""
     qdir = os.path.join(spool_dir, QUARANTINE_DIR)
     ensure_dir(qdir)
     target = os.path.join(qdir, f"{lane:04d}-{time.time_ns()}-{os.path.basename(path)}")
-    current().replace(path, target)
+    fs = current()
+    if not keep:
+        fs.replace(path, target)
+    else:
+        try:
+            fs.link(path, target)
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            copy_file(path, target)
     fsync_dir(qdir)
-    fsync_dir(os.path.dirname(path))
+    if not keep:
+        fsync_dir(os.path.dirname(path))
     return target
 
 
@@ -212,8 +233,8 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
             f" at offset {tail.good_end} ({tail.detail})"
         )
     elif tail.corrupt_at is not None:
-        moved = _quarantine(spool_dir, lane, path)
-        atomic_write(path, buf[: tail.good_end])
+        moved = _quarantine(spool_dir, lane, path, keep=True)
+        atomic_write(path, buf[: tail.good_end])  # replaces the original in the lane
         size = tail.good_end
         reason, detail = GapReason.CORRUPTION, f"offset {tail.corrupt_at}: {tail.detail}"
         notes.append(
