@@ -90,13 +90,12 @@ def test_eio_on_the_cursor_fdatasync_fails_the_pass_and_loses_nothing(
 def test_an_ack_retried_after_a_failed_cursor_write_persists_it(
     spool_dir: str, faults: FaultyFileSystem
 ) -> None:
-    """A failed cursor write leaves the reader's ack where the disk has it: acking the
-    same batch again writes the cursor (it used to return early: nothing persisted)."""
+    """A failed cursor write is not an ack: acking the same batch again writes it."""
     build(spool_dir, 10)
     reader = SpoolReader(spool_dir, remove_idle_lanes=False)
     batch = reader.read_batch()
     assert batch is not None
-    faults.fail("fdatasync", "*/cursor")
+    faults.fail("pwrite", "*/cursor")
     with pytest.raises(OSError):
         reader.ack(batch)
     reader.ack(batch)
@@ -340,11 +339,12 @@ def test_a_writer_whose_recovery_fails_releases_its_lane_for_the_next_open(
     after an open that failed on an I/O error."""
     _torn_spool(spool_dir)
     faults.fail("ftruncate", "*.seg")
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(OSError, match="injected") as failed:  # its traceback keeps it alive
         SpoolWriter(spool_dir, SMALL)
     with SpoolWriter(spool_dir, SMALL) as writer:
         assert writer.lane == 0
         writer.append(event(20))
+    del failed
     assert event_ids(read_all(spool_dir)) == [f"id-{i}" for i in range(21)]
 
 

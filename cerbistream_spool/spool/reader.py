@@ -261,8 +261,8 @@ class SpoolReader:
                     break
                 doomed.append(path)
             doomed = self._record_losses(batch.lane, pos, doomed)  # ledger durable first
-        write_cursor(ldir, Cursor(batch.lane, last.seq, last.hash))  # raises: not acked
         pos.acked = Cursor(batch.lane, last.seq, last.hash)
+        write_cursor(ldir, pos.acked)
         pos.unpin()  # delivered and recorded: drop_oldest may take them now
         removed = False
         for path in doomed:
