@@ -405,3 +405,35 @@ def test_a_failed_quarantine_copy_acks_nothing_past_the_damage(
         assert os.listdir(os.path.join(spool_dir, QUARANTINE_DIR))
     finally:
         drainer.close()
+
+
+# -- the writer, where it goes through the seam (segment creation) ----------------------
+
+
+def test_enospc_creating_a_segment_drops_records_counted_in_one_gap_and_writing_goes_on(
+    spool_dir: str, faults: FaultyFileSystem
+) -> None:
+    """Rotation cannot create the next segment: the appends fail (counted dropped), every
+    append that returned is on disk, and once space is back a write-error gap with the
+    exact count precedes the next record (docs/FORMAT.md §4.2, §7)."""
+    returned, failed = [], 0
+    with SpoolWriter(spool_dir, SMALL) as writer:
+        for i in range(40):
+            writer.append(event(i))
+            returned.append(i)
+        faults.fail("open", "*/lanes/0000/*.seg", errno.ENOSPC, times=-1)
+        for i in range(40, 120):
+            try:
+                writer.append(event(i))
+                returned.append(i)
+            except OSError:
+                failed += 1
+        assert failed and writer.stats()["dropped"] == failed
+        faults.clear()
+        for i in range(120, 130):
+            writer.append(event(i))
+            returned.append(i)
+    records = read_all(spool_dir)
+    assert event_ids(records) == [f"id-{i}" for i in returned]
+    gaps = [r.value() for r in records if r.kind == Kind.GAP]
+    assert [(g["reason"], g["count"]) for g in gaps] == [("write-error", failed)]
