@@ -5,8 +5,8 @@ pending. Outcomes, each reported in :attr:`LaneState.notes`:
 
 - torn tail (frame cut short, or a bad last frame with nothing valid after it):
   truncated to the last complete record;
-- corruption followed by valid frames: the whole file goes to ``quarantine/``,
-  its valid prefix is rewritten in place, and a gap record covering the lost
+- corruption followed by valid frames: the whole file is linked into ``quarantine/``,
+  then its valid prefix replaces it in the lane, and a gap record covering the lost
   sequence range is queued for the writer;
 - an unreadable header on the last segment: the file is quarantined and the
   chain resumes from the cursor or the previous segment's anchor.
