@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -60,7 +59,15 @@ from tenacity import (
 
 from cerbistream_spool.diagnostics import mark_internal_thread
 from cerbistream_spool.errors import PermanentTransportError, TransportError
-from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir, sweep_temp_files
+from cerbistream_spool.spool.fsio import (
+    atomic_write,
+    copy_file,
+    current,
+    ensure_dir,
+    fsync_dir,
+    read_regular,
+    sweep_temp_files,
+)
 from cerbistream_spool.spool.inventory import Depth, take_inventory
 from cerbistream_spool.spool.lanes import (
     LOCKS_DIR,
@@ -258,14 +265,9 @@ class Drainer:
         name = f"{damage.lane:04d}-{time.time_ns()}-{os.path.basename(damage.segment)}"
         target = os.path.join(qdir, name)
         try:
-            shutil.copyfile(damage.segment, target)
+            copy_file(damage.segment, target)  # and fsync it
         except FileNotFoundError:
             return None
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         fsync_dir(qdir)
         return os.path.join(QUARANTINE_DIR, name)
 
@@ -491,7 +493,7 @@ class Drainer:
             self._own_writer = None
         if self._lock.is_locked:
             with contextlib.suppress(OSError):  # removed before the release: never another's
-                os.unlink(os.path.join(self.spool_dir, LOCKS_DIR, DRAIN_OWNER_FILE))
+                current().unlink(os.path.join(self.spool_dir, LOCKS_DIR, DRAIN_OWNER_FILE))
             self._lock.release(force=True)
 
     def stats(self) -> Dict[str, Any]:
@@ -569,8 +571,7 @@ def _nothing() -> None:
 def read_drain_owner(spool_dir: str) -> Optional[Dict[str, Any]]:
     """The ``locks/drain.owner`` record of the drainer holding the lock, if readable."""
     try:
-        with open(os.path.join(spool_dir, LOCKS_DIR, DRAIN_OWNER_FILE)) as fh:
-            doc = json.load(fh)
+        doc = json.loads(read_regular(os.path.join(spool_dir, LOCKS_DIR, DRAIN_OWNER_FILE)))
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS, Chain
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.fsio import list_entries, read_regular
+from cerbistream_spool.spool.fsio import is_dir, list_entries, read_regular
 from cerbistream_spool.spool.lanes import (
     QUARANTINE_DIR,
     foreign_entries,
@@ -126,7 +126,7 @@ class VerifyReport:
 def verify(spool_dir: str, key: Optional[bytes] = None) -> VerifyReport:
     """Check every lane of ``spool_dir``; see the module docstring."""
     report = VerifyReport()
-    if not os.path.isdir(spool_dir):
+    if not is_dir(spool_dir):
         report.problems.append(
             Problem(-1, "", 0, None, "format", f"{spool_dir} is not a directory")
         )

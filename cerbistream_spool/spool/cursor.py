@@ -41,6 +41,7 @@ from cerbistream_spool.spool.fsio import (
     ForeignFileError,
     atomic_write,
     create_temp,
+    current,
     fsync_dir,
     read_regular,
     write_all,
@@ -158,28 +159,31 @@ def ensure_cursor(lane_dir: str, lane: int) -> bool:
     ack are taken while there is room.
     """
     path = os.path.join(lane_dir, CURSOR_FILE)
-    if os.path.lexists(path):
-        return True
-    return _create(path, Cursor(lane))
+    try:
+        current().lstat(path)
+    except OSError:  # missing (as os.path.lexists: also when it cannot be looked up)
+        return _create(path, Cursor(lane))
+    return True
 
 
 def _create(path: str, cursor: Cursor) -> bool:
     """Create a version 2 cursor file at ``path`` unless something is there already."""
+    fs = current()
     tmp, fd = create_temp(path)
     try:
         try:
             write_all(fd, cursor.slot(1) + cursor.slot(0))
-            os.fsync(fd)
+            fs.fsync(fd)
         finally:
-            os.close(fd)
+            fs.close(fd)
         try:
-            os.link(tmp, path)  # never over an existing cursor (another process won)
+            fs.link(tmp, path)  # never over an existing cursor (another process won)
             created = True
         except FileExistsError:
             created = False
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            fs.unlink(tmp)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
     return created
 
@@ -196,11 +200,11 @@ def write_cursor(lane_dir: str, cursor: Cursor) -> None:
             continue
         if fd is not None:
             try:
-                if os.fstat(fd).st_size == FILE_SIZE:
+                if current().fstat(fd).st_size == FILE_SIZE:
                     _write_slot(fd, path, cursor)
                     return
             finally:
-                os.close(fd)
+                current().close(fd)
         # a version 1 cursor, a damaged size, or a symlink, FIFO or device where the
         # cursor should be (never written through): replaced once by a version 2 file
         atomic_write(path, cursor.slot(1) + cursor.slot(0))
@@ -212,31 +216,30 @@ def _open_in_place(path: str) -> Optional[int]:
     """A read-write descriptor of the regular cursor file, or None for anything else
     (checked with ``lstat`` before the open: a device is never opened, a symlink never
     followed, a FIFO never waited on; and with ``fstat`` after it)."""
-    if not stat.S_ISREG(os.lstat(path).st_mode):
+    fs = current()
+    if not stat.S_ISREG(fs.lstat(path).st_mode):
         return None
     try:
-        fd = os.open(path, _WRITE_FLAGS)
+        fd = fs.open(path, _WRITE_FLAGS)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # swapped since the lstat
             return None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    if not stat.S_ISREG(fs.fstat(fd).st_mode):
+        fs.close(fd)
         return None
     return fd
 
 
 def _write_slot(fd: int, path: str, cursor: Cursor) -> None:
-    data = os.pread(fd, FILE_SIZE, 0)
+    fs = current()
+    data = fs.pread(fd, FILE_SIZE, 0)
     found = _newest(data)
     if isinstance(found, str):  # both slots damaged: start over in slot 0
         generation, index = 1, 0
     else:
         generation, index = found[1] + 1, 1 - found[4]
     slot = cursor.slot(generation)
-    if os.pwrite(fd, slot, index * SLOT_SIZE) != len(slot):
+    if fs.pwrite(fd, slot, index * SLOT_SIZE) != len(slot):
         raise OSError(f"short write to cursor {path}")
-    if hasattr(os, "fdatasync"):
-        os.fdatasync(fd)
-    else:  # macOS
-        os.fsync(fd)
+    fs.fdatasync(fd)

@@ -1,4 +1,7 @@
-"""Filesystem primitives with the crash-safe order of operations (docs/FORMAT.md §7).
+"""File helpers with the crash-safe order of operations (docs/FORMAT.md §7).
+
+Every operation goes through the filesystem seam (spool/fs.py): :func:`current` is the
+one in use, :func:`use` swaps it for a block (tests inject faults, tools record).
 
 Every durable change follows: write → fsync file → (rename) → fsync directory.
 Directories are created 0700, files 0600.
@@ -13,28 +16,39 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
 import re
 import secrets
 import stat
 import time
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+from cerbistream_spool.spool.fs import FileSystem, OsFileSystem, current, use
+
+if TYPE_CHECKING:
+    import mmap
 
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
+    "FileSystem",
     "ForeignFileError",
+    "OsFileSystem",
     "atomic_write",
+    "copy_file",
     "create_temp",
+    "current",
     "ensure_dir",
     "file_size",
     "fsync_dir",
+    "is_dir",
     "list_entries",
     "map_regular",
     "open_regular",
     "read_regular",
+    "remove_tree",
     "sweep_temp_files",
+    "use",
     "write_all",
 ]
 
@@ -44,32 +58,38 @@ FILE_MODE = 0o600
 
 def fsync_dir(path: str) -> None:
     """fsync a directory so a create, rename or unlink inside it is durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    current().fsync_dir(path)
+
+
+def is_dir(path: str) -> bool:
+    """``os.path.isdir`` (follows symlinks) through the seam."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return stat.S_ISDIR(current().stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def ensure_dir(path: str) -> None:
     """Create ``path`` (and parents) 0700 if missing; fsync the parent of a new directory."""
-    if os.path.isdir(path):
+    if is_dir(path):
         return
     parent = os.path.dirname(os.path.abspath(path))
     ensure_dir(parent)
+    fs = current()
     try:
-        os.mkdir(path, DIR_MODE)
+        fs.mkdir(path, DIR_MODE)
     except FileExistsError:  # another process won the race (opencensus #816)
         return
-    os.chmod(path, DIR_MODE)  # umask may have removed bits we do not need; never adds any
-    fsync_dir(parent)
+    fs.chmod(path, DIR_MODE)  # umask may have removed bits we do not need; never adds any
+    fs.fsync_dir(parent)
 
 
 def write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until every byte is in the OS (short writes are legal)."""
+    """``write`` until every byte is in the OS (short writes are legal)."""
+    write = current().write
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = write(fd, view)
         view = view[written:]
 
 
@@ -90,7 +110,7 @@ def create_temp(path: str) -> Tuple[str, int]:
     while True:
         tmp = f"{path}.{secrets.token_hex(8)}.tmp"
         try:
-            return tmp, os.open(tmp, _CREATE, FILE_MODE)
+            return tmp, current().open(tmp, _CREATE, FILE_MODE)
         except FileExistsError:  # 2**-64 per try, or someone planting names: pick another
             continue
 
@@ -100,21 +120,56 @@ def atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
 
     ``durable=False`` skips both fsyncs (advisory files such as drain-status.json).
     """
+    fs = current()
     tmp, fd = create_temp(path)
     try:
         try:
             write_all(fd, data)
             if durable:
-                os.fsync(fd)
+                fs.fsync(fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            fs.close(fd)
+        fs.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            fs.unlink(tmp)
         raise
     if durable:
-        fsync_dir(os.path.dirname(os.path.abspath(path)))
+        fs.fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy the regular file ``src`` to a new ``dst`` (0600, never through a link), fsync
+    it; the caller fsyncs the directory. ``FileNotFoundError`` when ``src`` is gone."""
+    fs = current()
+    source, _ = open_regular(src)
+    try:
+        fd = fs.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, FILE_MODE)
+        try:
+            while True:
+                chunk = fs.read(source, 1 << 20)
+                if not chunk:
+                    break
+                write_all(fd, chunk)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+    finally:
+        fs.close(source)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory tree, never following a symlink; errors are ignored."""
+    fs = current()
+    for name, kind in list_entries(path):
+        child = os.path.join(path, name)
+        if kind == _DIRECTORY:
+            remove_tree(child)
+        else:
+            with contextlib.suppress(OSError):
+                fs.unlink(child)
+    with contextlib.suppress(OSError):
+        fs.rmdir(path)
 
 
 def sweep_temp_files(directory: str, older_than_s: float = 600.0) -> List[str]:
@@ -125,19 +180,16 @@ def sweep_temp_files(directory: str, older_than_s: float = 600.0) -> List[str]:
     so a write in progress in another process is left alone.
     """
     removed: List[str] = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
+    fs = current()
     cutoff = time.time() - older_than_s
-    for name in names:
+    for name, _kind in list_entries(directory):
         if not _TEMP.match(name):
             continue
         path = os.path.join(directory, name)
         try:
-            st = os.lstat(path)
+            st = fs.lstat(path)
             if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
-                os.unlink(path)
+                fs.unlink(path)
                 removed.append(name)
         except OSError:
             continue
@@ -147,7 +199,7 @@ def sweep_temp_files(directory: str, older_than_s: float = 600.0) -> List[str]:
 def file_size(path: str) -> int:
     """Size of ``path``; 0 when it is gone (a drainer or writer may unlink it meanwhile)."""
     try:
-        return os.path.getsize(path)
+        return current().stat(path).st_size
     except FileNotFoundError:
         return 0
 
@@ -156,12 +208,8 @@ class ForeignFileError(OSError):
     """The path is a symlink, FIFO, device, socket or directory, not a regular file."""
 
 
-_READ_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _REGULAR, _DIRECTORY, _OTHER = "file", "dir", "other"
 
 
@@ -172,21 +220,22 @@ def open_regular(path: str) -> Tuple[int, int]:
     the open, so a device node is never opened, and with ``fstat`` after it), and
     ``FileNotFoundError`` when it is gone.
     """
-    if not stat.S_ISREG(os.lstat(path).st_mode):
+    fs = current()
+    if not stat.S_ISREG(fs.lstat(path).st_mode):
         raise ForeignFileError(errno.EINVAL, "not a regular file", path)
     try:
-        fd = os.open(path, _READ_FLAGS)
+        fd = fs.open(path, _READ_FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # replaced by a symlink since the lstat
             raise ForeignFileError(errno.ELOOP, "not a regular file", path) from None
         raise
     try:
-        info = os.fstat(fd)
+        info = fs.fstat(fd)
     except BaseException:
-        os.close(fd)
+        fs.close(fd)
         raise
     if not stat.S_ISREG(info.st_mode):  # swapped for a FIFO or device since the lstat
-        os.close(fd)
+        fs.close(fd)
         raise ForeignFileError(errno.EINVAL, "not a regular file", path)
     return fd, info.st_size
 
@@ -194,18 +243,19 @@ def open_regular(path: str) -> Tuple[int, int]:
 def read_regular(path: str, limit: Optional[int] = None) -> bytes:
     """The bytes of a regular file, at most its size at open (and at most ``limit``)."""
     fd, size = open_regular(path)
+    fs = current()
     try:
         want = size if limit is None else min(size, limit)
         chunks: List[bytes] = []
         while want > 0:
-            chunk = os.read(fd, want)
+            chunk = fs.read(fd, want)
             if not chunk:  # shrank meanwhile
                 break
             chunks.append(chunk)
             want -= len(chunk)
         return b"".join(chunks)
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
 def map_regular(path: str) -> Optional[mmap.mmap]:
@@ -214,10 +264,11 @@ def map_regular(path: str) -> Optional[mmap.mmap]:
     The caller closes it; the descriptor is closed here (the mapping keeps its own).
     """
     fd, size = open_regular(path)
+    fs = current()
     try:
-        return mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+        return fs.mmap(fd, size) if size else None
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
 def list_entries(path: str) -> List[Tuple[str, str]]:
@@ -227,7 +278,7 @@ def list_entries(path: str) -> List[Tuple[str, str]]:
     gives ``[]``.
     """
     try:
-        with os.scandir(path) as it:
+        with current().scandir(path) as it:
             found = []
             for entry in it:
                 try:

@@ -33,7 +33,15 @@ import filelock
 from filelock import FileLock, Timeout
 
 from cerbistream_spool.errors import LaneUnavailableError, SpoolError
-from cerbistream_spool.spool.fsio import FILE_MODE, ensure_dir, list_entries, open_regular
+from cerbistream_spool.spool.fsio import (
+    FILE_MODE,
+    ForeignFileError,
+    current,
+    ensure_dir,
+    is_dir,
+    list_entries,
+    open_regular,
+)
 from cerbistream_spool.spool.losses import ledger_foreign
 from cerbistream_spool.spool.segments import lane_foreign
 
@@ -66,7 +74,7 @@ def is_spool_dir(path: str) -> bool:
     A writer creates both before its first record, so a new, empty spool counts;
     a copy off a device needs only ``lanes/``. An empty or unrelated directory does not.
     """
-    return any(os.path.isdir(os.path.join(path, name)) for name in (LANES_DIR, LOCKS_DIR))
+    return any(is_dir(os.path.join(path, name)) for name in (LANES_DIR, LOCKS_DIR))
 
 
 def lane_dir(spool_dir: str, lane: int) -> str:
@@ -157,7 +165,7 @@ def foreign_entries(spool_dir: str) -> List[str]:
     lanes, foreign = scan_lanes(spool_dir)
     for name in (LANES_DIR, LOCKS_DIR, QUARANTINE_DIR):
         try:
-            if not stat.S_ISDIR(os.lstat(os.path.join(spool_dir, name)).st_mode):
+            if not stat.S_ISDIR(current().lstat(os.path.join(spool_dir, name)).st_mode):
                 foreign.append(name)
         except OSError:  # absent
             pass
@@ -173,7 +181,7 @@ def _usable(spool_dir: str, lane: int) -> bool:
     without foreign entries."""
     ldir = lane_dir(spool_dir, lane)
     try:
-        info = os.lstat(ldir)
+        info = current().lstat(ldir)
     except FileNotFoundError:
         return True
     except OSError:
@@ -244,22 +252,25 @@ def owner_lock(spool_dir: str, lane: int) -> Optional[FileLock]:
 
 
 def pin_segment(path: str) -> Optional[int]:
-    """A descriptor holding a shared pin on the segment at ``path``; None when it is gone.
+    """A descriptor holding a shared pin on the segment at ``path``; None when it is gone
+    (or foreign now). Raises ``OSError`` for an I/O error: a segment is never taken for
+    gone because it could not be read.
 
     The caller closes the descriptor to unpin (a forked child closes its copy).
     """
     try:
         fd, _ = open_regular(path)
-    except OSError:
+    except (FileNotFoundError, ForeignFileError):
         return None
+    fs = current()
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)  # an unlinking writer holds LOCK_EX only briefly
-        if os.fstat(fd).st_nlink == 0:  # dropped before we pinned it
-            os.close(fd)
+        fs.flock(fd, fcntl.LOCK_SH)  # an unlinking writer holds LOCK_EX only briefly
+        if fs.fstat(fd).st_nlink == 0:  # dropped before we pinned it
+            fs.close(fd)
             return None
-    except OSError:
-        os.close(fd)
-        return None
+    except BaseException:
+        fs.close(fd)
+        raise
     return fd
 
 
@@ -274,18 +285,19 @@ def unlink_unpinned(path: str, locked: Optional[Callable[[], None]] = None) -> O
         fd, _ = open_regular(path)
     except FileNotFoundError:
         return None
+    fs = current()
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fs.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         if locked is not None:
             locked()
         try:
-            os.unlink(path)
+            fs.unlink(path)
         except FileNotFoundError:
             return None
         return True
     finally:
         with contextlib.suppress(OSError):
-            os.close(fd)
+            fs.close(fd)

@@ -49,6 +49,7 @@ from cerbistream_spool.spool.fsio import (
     temp_target,
     write_all,
 )
+from cerbistream_spool.spool.fsio import current as current_fs  # `current`: the ledger file
 from cerbistream_spool.spool.markers import gap_fields
 from cerbistream_spool.spool.record import (
     MAX_PAYLOAD,
@@ -173,7 +174,7 @@ def ledger_foreign(spool_dir: str) -> List[str]:
     ``losses`` itself when it is not a directory."""
     path = os.path.join(spool_dir, LOSSES_DIR)
     try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
+        if not stat.S_ISDIR(current_fs().lstat(path).st_mode):
             return [LOSSES_DIR]
     except OSError:  # absent
         return []
@@ -361,62 +362,65 @@ def _fitting(start: int, frames: List[bytes], max_bytes: int, *, at_least_one: b
 
 def _ensure_own_dir(path: str) -> None:
     """``losses/`` as a real directory (never through a link), created 0700 if missing."""
+    fs = current_fs()
     try:
-        info = os.lstat(path)
+        info = fs.lstat(path)
     except FileNotFoundError:
         try:
-            os.mkdir(path, DIR_MODE)
+            fs.mkdir(path, DIR_MODE)
         except FileExistsError:
             pass
         else:
             fsync_dir(os.path.dirname(os.path.abspath(path)))
-        info = os.lstat(path)
+        info = fs.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise ForeignFileError(0, "not a directory (foreign entry, left alone)", path)
 
 
 def _append(path: str, current: _File, data: bytes) -> None:
     """Write ``data`` at the end of the valid frames (cutting a torn tail), then fsync."""
-    fd = os.open(path, _WRITE)
+    fs = current_fs()
+    fd = fs.open(path, _WRITE)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(fs.fstat(fd).st_mode):
             raise ForeignFileError(0, "not a regular file", path)
         if current.size != current.end:
-            os.ftruncate(fd, current.end)  # a torn append left by a crash
-        os.lseek(fd, current.end, os.SEEK_SET)
+            fs.ftruncate(fd, current.end)  # a torn append left by a crash
+        fs.lseek(fd, current.end, os.SEEK_SET)
         try:
             write_all(fd, data)
-            os.fsync(fd)
+            fs.fsync(fd)
         except OSError:
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, current.end)  # leave no torn frame behind
+                fs.ftruncate(fd, current.end)  # leave no torn frame behind
             raise
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
 def _rotate(ldir: str, data: bytes, *, retire: bool) -> None:
     """A new current file holding ``data``: temp, fsync, (ledger → ledger.1), rename, fsync
     dir. A foreign ``ledger`` or ``ledger.1`` is never replaced."""
     target, previous = os.path.join(ldir, LEDGER_FILE), os.path.join(ldir, PREVIOUS_FILE)
+    fs = current_fs()
     for path in (target, previous):
         with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISREG(os.lstat(path).st_mode):
+            if not stat.S_ISREG(fs.lstat(path).st_mode):
                 raise ForeignFileError(0, "not a regular file (foreign entry, left alone)", path)
     tmp, fd = create_temp(target)
     try:
         try:
             write_all(fd, data)
-            os.fsync(fd)
+            fs.fsync(fd)
         finally:
-            os.close(fd)
+            fs.close(fd)
         if retire:
             with contextlib.suppress(FileNotFoundError):
-                os.replace(target, previous)
-        os.replace(tmp, target)
+                fs.replace(target, previous)
+        fs.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            fs.unlink(tmp)
         raise
     fsync_dir(ldir)
 

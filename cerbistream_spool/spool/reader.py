@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import time
 import weakref
@@ -42,11 +41,14 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from cerbistream_spool.spool.cursor import CURSOR_FILE, Cursor, read_cursor, write_cursor
 from cerbistream_spool.spool.fsio import (
+    ForeignFileError,
+    current,
     file_size,
     fsync_dir,
     list_entries,
     map_regular,
     read_regular,
+    remove_tree,
 )
 from cerbistream_spool.spool.lanes import (
     LANES_DIR,
@@ -75,6 +77,12 @@ from cerbistream_spool.spool.segments import (
 __all__ = ["Batch", "Damage", "SpoolReader"]
 
 _MAX_PROBLEMS = 1000
+
+
+class _Unreadable(Exception):
+    """An I/O error reading a segment (reported): the lane's reading stops there."""
+
+
 _GAP = int(Kind.GAP)  # a plain int: compared once per record read
 _REMOVING = ".removing-"
 
@@ -150,7 +158,7 @@ class _Position:
         pins, self.pins = self.pins, {}
         for fd in pins.values():
             with contextlib.suppress(OSError):
-                os.close(fd)
+                current().close(fd)
 
 
 @dataclass
@@ -203,7 +211,7 @@ class SpoolReader:
         lane is left alone (neither read nor removed) and reported once."""
         try:
             blocked = stat.S_ISDIR(
-                os.lstat(os.path.join(lane_dir(self.spool_dir, lane), CURSOR_FILE)).st_mode
+                current().lstat(os.path.join(lane_dir(self.spool_dir, lane), CURSOR_FILE)).st_mode
             )
         except OSError:
             blocked = False
@@ -261,7 +269,7 @@ class SpoolReader:
         removed = False
         for path in doomed:
             try:
-                os.unlink(path)
+                current().unlink(path)
                 removed = True
             except FileNotFoundError:
                 pass
@@ -301,7 +309,9 @@ class SpoolReader:
 
     def _hold(self, path: str) -> None:
         if path not in self._held:
-            fd = pin_segment(path)
+            fd: Optional[int] = None
+            with contextlib.suppress(OSError):  # unpinned, it is still kept: the next ack retries
+                fd = pin_segment(path)
             if fd is not None:
                 self._held[path] = fd
 
@@ -312,7 +322,7 @@ class SpoolReader:
         fd = self._held.pop(path, None)
         if fd is not None:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                current().close(fd)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -360,15 +370,18 @@ class SpoolReader:
             idx = bases.index(pos.base)
             next_base = bases[idx + 1] if idx + 1 < len(bases) else None
             path = segments[idx][1]
-            more, used = self._scan(
-                lane,
-                path,
-                pos,
-                records,
-                next_base,
-                max_records=max_records,
-                max_bytes=max_bytes - nbytes,
-            )
+            try:
+                more, used = self._scan(
+                    lane,
+                    path,
+                    pos,
+                    records,
+                    next_base,
+                    max_records=max_records,
+                    max_bytes=max_bytes - nbytes,
+                )
+            except _Unreadable:  # the lane waits here: what came before it is handed out
+                break
             nbytes += used
             if pos.stale:
                 return None
@@ -401,15 +414,18 @@ class SpoolReader:
         ``next_base``: base of the next segment of the lane, None for the newest one.
         """
         used = 0
-        if self.pin and path not in pos.pins:
-            fd = pin_segment(path)
-            if fd is None:  # acked meanwhile, or dropped by drop_oldest (the writer counted it)
-                return False, used
-            pos.pins[path] = fd
         try:
+            if self.pin and path not in pos.pins:
+                fd = pin_segment(path)
+                if fd is None:  # acked meanwhile, or dropped by drop_oldest (counted there)
+                    return False, used
+                pos.pins[path] = fd
             buf = map_regular(path)
-        except OSError:  # gone (acked meanwhile) or replaced by a foreign file
+        except (FileNotFoundError, ForeignFileError):  # acked meanwhile, or foreign now
             return False, used
+        except OSError as exc:  # an I/O error: never stepped over; read again next time
+            self._problem(lane, path, pos.offset, "io", f"segment unreadable: {exc}")
+            raise _Unreadable from exc
         size = 0 if buf is None else len(buf)
         if buf is None or size < HEADER_SIZE:
             if buf is not None:
@@ -517,9 +533,9 @@ class SpoolReader:
             # ".removing-" directory that list_lanes ignores and the next reader sweeps
             lanes_dir = os.path.join(self.spool_dir, LANES_DIR)
             doomed = os.path.join(lanes_dir, f"{_REMOVING}{lane:04d}-{time.time_ns()}")
-            os.rename(ldir, doomed)
+            current().rename(ldir, doomed)
             fsync_dir(lanes_dir)
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_tree(doomed)
             gone = self._pos.pop(lane)
             gone.unpin()
             for _, path in segments:
@@ -551,7 +567,7 @@ def _forget_pins_in_child() -> None:
         held, reader._held = reader._held, {}
         for fd in held.values():
             with contextlib.suppress(OSError):
-                os.close(fd)
+                current().close(fd)
 
 
 if hasattr(os, "register_at_fork"):
@@ -563,7 +579,7 @@ def _sweep_removed_lanes(spool_dir: str) -> None:
     lanes_dir = os.path.join(spool_dir, LANES_DIR)
     for name, kind in list_entries(lanes_dir):
         if name.startswith(_REMOVING) and kind == "dir":
-            shutil.rmtree(os.path.join(lanes_dir, name), ignore_errors=True)
+            remove_tree(os.path.join(lanes_dir, name))
 
 
 def _gaps_in_file(lane: int, path: str) -> List[LedgerEntry]:
@@ -596,7 +612,7 @@ def _replaced(tail: Optional[Tuple[str, int]]) -> bool:
 def _identity(path: str) -> Optional[Tuple[int, int]]:
     """(st_dev, st_ino) of ``path`` itself (never through a link), None when it is gone."""
     try:
-        st = os.lstat(path)
+        st = current().lstat(path)
     except OSError:
         return None
     return st.st_dev, st.st_ino

@@ -5,8 +5,8 @@ pending. Outcomes, each reported in :attr:`LaneState.notes`:
 
 - torn tail (frame cut short, or a bad last frame with nothing valid after it):
   truncated to the last complete record;
-- corruption followed by valid frames: the whole file goes to ``quarantine/``,
-  its valid prefix is rewritten in place, and a gap record covering the lost
+- corruption followed by valid frames: the whole file is linked into ``quarantine/``,
+  then its valid prefix replaces it in the lane, and a gap record covering the lost
   sequence range is queued for the writer;
 - an unreadable header on the last segment: the file is quarantined and the
   chain resumes from the cursor or the previous segment's anchor.
@@ -16,6 +16,7 @@ Never loops, never raises on file contents (only on I/O errors).
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,14 @@ from typing import List, Optional, Tuple
 
 from cerbistream_spool.spool.chain import GENESIS
 from cerbistream_spool.spool.cursor import Cursor, read_cursor
-from cerbistream_spool.spool.fsio import atomic_write, ensure_dir, fsync_dir, read_regular
+from cerbistream_spool.spool.fsio import (
+    atomic_write,
+    copy_file,
+    current,
+    ensure_dir,
+    fsync_dir,
+    read_regular,
+)
 from cerbistream_spool.spool.lanes import QUARANTINE_DIR, lane_dir
 from cerbistream_spool.spool.markers import Gap, GapReason
 from cerbistream_spool.spool.record import (
@@ -44,6 +52,9 @@ from cerbistream_spool.spool.segments import (
 )
 
 __all__ = ["LaneState", "Tail", "recover_lane", "scan_tail"]
+
+_TRUNCATE_FLAGS = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+_NO_LINK = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 @dataclass
@@ -124,13 +135,25 @@ class LaneState:
     truncated_bytes: int = 0
 
 
-def _quarantine(spool_dir: str, lane: int, path: str) -> str:
+def _quarantine(spool_dir: str, lane: int, path: str, *, keep: bool = False) -> str:
+    """Move ``path`` to ``quarantine/``; ``keep``: link (or copy) it there, the lane keeps
+    it until the caller replaces it, so a failure or crash in between loses nothing."""
     qdir = os.path.join(spool_dir, QUARANTINE_DIR)
     ensure_dir(qdir)
     target = os.path.join(qdir, f"{lane:04d}-{time.time_ns()}-{os.path.basename(path)}")
-    os.replace(path, target)
+    fs = current()
+    if not keep:
+        fs.replace(path, target)
+    else:
+        try:
+            fs.link(path, target)
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            copy_file(path, target)
     fsync_dir(qdir)
-    fsync_dir(os.path.dirname(path))
+    if not keep:
+        fsync_dir(os.path.dirname(path))
     return target
 
 
@@ -147,7 +170,8 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
     else:
         cursor = found_cursor
     segments = list_segments(ldir)
-    sealed = [(base, path, os.path.getsize(path)) for base, path in segments[:-1]]
+    fs = current()
+    sealed = [(base, path, fs.stat(path).st_size) for base, path in segments[:-1]]
     state = LaneState(
         lane,
         max(1, cursor.acked_seq + 1),
@@ -166,7 +190,7 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
     if isinstance(header, str) or header.base_seq != base or header.lane != lane:
         problem = header if isinstance(header, str) else "header names another lane or base"
         if len(buf) < HEADER_SIZE:  # crash between create and header write: nothing was in it
-            os.unlink(path)
+            fs.unlink(path)
             fsync_dir(ldir)
             notes.append(f"removed empty segment {os.path.basename(path)} ({problem})")
         else:
@@ -196,9 +220,12 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
     size = len(buf)
     reason, detail = GapReason.LOST, "records delivered before a crash are gone from disk"
     if tail.torn_bytes:
-        with open(path, "r+b") as fh:
-            fh.truncate(tail.good_end)
-            os.fsync(fh.fileno())
+        fd = fs.open(path, _TRUNCATE_FLAGS)
+        try:
+            fs.ftruncate(fd, tail.good_end)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
         size = tail.good_end
         state.truncated_bytes = tail.torn_bytes
         notes.append(
@@ -206,8 +233,8 @@ def recover_lane(spool_dir: str, lane: int) -> LaneState:
             f" at offset {tail.good_end} ({tail.detail})"
         )
     elif tail.corrupt_at is not None:
-        moved = _quarantine(spool_dir, lane, path)
-        atomic_write(path, buf[: tail.good_end])
+        moved = _quarantine(spool_dir, lane, path, keep=True)
+        atomic_write(path, buf[: tail.good_end])  # replaces the original in the lane
         size = tail.good_end
         reason, detail = GapReason.CORRUPTION, f"offset {tail.corrupt_at}: {tail.detail}"
         notes.append(

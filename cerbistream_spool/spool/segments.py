@@ -26,7 +26,7 @@ import struct
 import zlib
 from typing import List, NamedTuple, Optional, Tuple, Union
 
-from cerbistream_spool.spool.fsio import FILE_MODE, fsync_dir, list_entries, temp_target, write_all
+from cerbistream_spool.spool.fsio import FILE_MODE, current, list_entries, temp_target, write_all
 
 __all__ = [
     "FLAG_KEYED",
@@ -140,13 +140,14 @@ def lane_foreign(lane_dir: str) -> List[str]:
 def create_segment(lane_dir: str, header: SegmentHeader) -> Tuple[int, str]:
     """Create a segment durably (create → header → fsync file → fsync dir); returns (fd, path)."""
     path = os.path.join(lane_dir, segment_name(header.base_seq))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
+    fs = current()
+    fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
     try:
         write_all(fd, header.encode())
-        os.fsync(fd)
-        fsync_dir(lane_dir)
+        fs.fsync(fd)
+        fs.fsync_dir(lane_dir)
     except BaseException:
-        os.close(fd)
-        os.unlink(path)  # a half-made segment would block the retry (O_EXCL)
+        fs.close(fd)
+        fs.unlink(path)  # a half-made segment would block the retry (O_EXCL)
         raise
     return fd, path
