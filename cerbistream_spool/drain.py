@@ -65,6 +65,7 @@ from cerbistream_spool.spool.fsio import (
     current,
     ensure_dir,
     fsync_dir,
+    identity,
     read_regular,
     sweep_temp_files,
 )
@@ -518,7 +519,7 @@ class Drainer:
         drainers would ship. One ``stat`` per pass; the caller takes the new lock."""
         if not self._lock.is_locked:
             return
-        if _identity(self._lock.lock_file) == self._lock_id:
+        if identity(self._lock.lock_file) == self._lock_id:
             return
         self.reader.rewind()
         with contextlib.suppress(OSError):
@@ -542,7 +543,7 @@ class Drainer:
             )(self._lock.acquire, timeout=0)
         except Timeout:
             return False
-        self._lock_id = _identity(self._lock.lock_file)
+        self._lock_id = identity(self._lock.lock_file)
         owner = {"pid": os.getpid(), "since_unix": time.time()}
         with contextlib.suppress(OSError):  # advisory: a waiter then says "pid unknown"
             atomic_write(
@@ -575,11 +576,3 @@ def read_drain_owner(spool_dir: str) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
-
-
-def _identity(path: str) -> Optional[Tuple[int, int]]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino

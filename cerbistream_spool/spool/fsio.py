@@ -41,6 +41,7 @@ __all__ = [
     "ensure_dir",
     "file_size",
     "fsync_dir",
+    "identity",
     "is_dir",
     "list_entries",
     "map_regular",
@@ -197,11 +198,21 @@ def sweep_temp_files(directory: str, older_than_s: float = 600.0) -> List[str]:
 
 
 def file_size(path: str) -> int:
-    """Size of ``path``; 0 when it is gone (a drainer or writer may unlink it meanwhile)."""
+    """Size of ``path`` itself (a link is not followed); 0 when it is gone (a drainer or
+    writer may unlink it meanwhile)."""
     try:
-        return current().stat(path).st_size
+        return current().lstat(path).st_size
     except FileNotFoundError:
         return 0
+
+
+def identity(path: str) -> Optional[Tuple[int, int]]:
+    """``(st_dev, st_ino)`` of ``path`` itself (a link is not followed); None when it is gone."""
+    try:
+        st = current().lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class ForeignFileError(OSError):

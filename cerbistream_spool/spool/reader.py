@@ -45,6 +45,7 @@ from cerbistream_spool.spool.fsio import (
     current,
     file_size,
     fsync_dir,
+    identity,
     list_entries,
     map_regular,
     read_regular,
@@ -330,7 +331,7 @@ class SpoolReader:
         """The read position of ``lane``; a fresh one when the lane directory was removed or
         replaced since (a recreated lane restarts at seq 1 under the same number)."""
         ldir = lane_dir(self.spool_dir, lane)
-        origin = _identity(ldir)
+        origin = identity(ldir)
         pos = self._pos.get(lane)
         if pos is not None and pos.origin == origin:
             on_disk = read_cursor(ldir, lane)
@@ -607,15 +608,6 @@ def _replaced(tail: Optional[Tuple[str, int]]) -> bool:
     except OSError:  # unlinked since (drop_oldest): the lane itself is checked by origin
         return False
     return not isinstance(header, str) and header.created_ns != tail[1]
-
-
-def _identity(path: str) -> Optional[Tuple[int, int]]:
-    """(st_dev, st_ino) of ``path`` itself (never through a link), None when it is gone."""
-    try:
-        st = current().lstat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _segment_for(bases: List[int], seq: int) -> int:
