@@ -1,4 +1,5 @@
-"""The disk spool: framing, chain, segments, lanes, cursor, writer, reader.
+"""The disk spool: framing, chain, segments, lanes, cursor, writer (segment file, capacity,
+commit policies), reader.
 
 See docs/FORMAT.md for the on-disk format this package implements.
 """

@@ -58,6 +58,11 @@ class DropOldest:
         capacity.drop_oldest(need)
         return None
 
+    def on_disk_full(self, capacity: Capacity) -> bool:
+        """A write failed with ENOSPC/EDQUOT: drop the oldest unpinned sealed segment."""
+        capacity.refresh_sizes(force=True)
+        return capacity.drop_oldest(0, at_least_one=True)
+
 
 @dataclass(frozen=True)
 class DropNewest:
@@ -70,6 +75,10 @@ class DropNewest:
     ) -> Optional[float]:
         """Nothing to free; never wait."""
         return None
+
+    def on_disk_full(self, capacity: Capacity) -> bool:
+        """A full disk drops the new record."""
+        return False
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,10 @@ class Block:
         now = time.monotonic()
         until = now + self.timeout_s if deadline is None else deadline
         return until if now < until else None
+
+    def on_disk_full(self, capacity: Capacity) -> bool:
+        """A full disk drops the new record (waiting would not free the disk)."""
+        return False
 
 
 OverflowPolicy = Union[DropOldest, DropNewest, Block]

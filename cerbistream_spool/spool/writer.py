@@ -233,18 +233,12 @@ class SpoolWriter:
         return self.append_body(body, int(kind))
 
     def _write_after_failure(self, exc: OSError, kind: int, body: bytes) -> int:
-        """A write failed: with ``drop_oldest`` and a full disk, free space by dropping the
-        oldest sealed segment (counted, a gap record) and write again; else count the drop
-        and raise (caller holds ``self._lock``)."""
-        if (
-            kind == _EVENT
-            and exc.errno in _DISK_FULL
-            and self._overflow.name == "drop_oldest"
-            and not self._adrift
-        ):
+        """A write failed: on a full disk the overflow policy may free space (``DropOldest``
+        drops the oldest sealed segment, counted, a gap record): write again; else count
+        the drop and raise (caller holds ``self._lock``)."""
+        if kind == _EVENT and exc.errno in _DISK_FULL and not self._adrift:
             try:
-                self._cap.refresh_sizes(force=True)
-                if self._cap.drop_oldest(0, at_least_one=True):
+                if self._overflow.on_disk_full(self._cap):
                     if self._dropped_unrecorded:
                         self._write_pending_gap()
                     return self._write(int(kind), body)
