@@ -85,10 +85,11 @@ class SegmentFile:
         """One frame, whole (the caller cuts back on ``OSError``)."""
         fd = self.fd
         assert fd is not None
+        size = len(frame)
         written = os.write(fd, frame)
-        if written != len(frame):  # a short write is legal: finish it
+        if written != size:  # a short write is legal: finish it
             write_all(fd, frame[written:])
-        self.size += len(frame)
+        self.size += size
         self.records += 1
 
     def cut_back(self) -> None:
