@@ -25,7 +25,17 @@ if TYPE_CHECKING:
         SpoolFullError,
     )
     from cerbistream_spool.handler import SpoolHandler, SpoolStats
-    from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
+    from cerbistream_spool.spool import (
+        Block,
+        DropNewest,
+        DropOldest,
+        GroupCommit,
+        IntervalFlush,
+        NoSync,
+        SpoolConfig,
+        SpoolReader,
+        SpoolWriter,
+    )
 
 # eager: importing the submodule cerbistream_spool.verify (as anything may) binds the
 # package attribute ``verify`` to that module, which would hide a lazily loaded function
@@ -43,6 +53,12 @@ __all__ = [
     "SpoolConfig",
     "SpoolReader",
     "SpoolWriter",
+    "DropOldest",
+    "DropNewest",
+    "Block",
+    "GroupCommit",
+    "IntervalFlush",
+    "NoSync",
     "VerifyReport",
     "verify",
     "CerbiSpoolError",
@@ -62,6 +78,12 @@ _HOMES: Dict[str, str] = {
     "SpoolConfig": "cerbistream_spool.spool",
     "SpoolReader": "cerbistream_spool.spool",
     "SpoolWriter": "cerbistream_spool.spool",
+    "DropOldest": "cerbistream_spool.spool.capacity",
+    "DropNewest": "cerbistream_spool.spool.capacity",
+    "Block": "cerbistream_spool.spool.capacity",
+    "GroupCommit": "cerbistream_spool.spool.commit",
+    "IntervalFlush": "cerbistream_spool.spool.commit",
+    "NoSync": "cerbistream_spool.spool.commit",
     "CerbiSpoolError": "cerbistream_spool.errors",
     "GovernanceConfigError": "cerbistream_spool.errors",
     "SpoolConfigError": "cerbistream_spool.errors",

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 from spoolkit import event
 
-import cerbistream_spool.spool.writer as writer_module
+import cerbistream_spool.spool.capacity as capacity_module
 from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
 from cerbistream_spool.spool.record import Kind
 
@@ -43,7 +43,7 @@ def test_drop_oldest_never_counts_lost_what_was_acked_while_it_dropped(
     batch = reader.read_batch(max_records=10)
     assert batch is not None
     sent = [rec.seq for rec in batch.events()]
-    real = writer_module.unlink_unpinned
+    real = capacity_module.unlink_unpinned
     acked = []
 
     def ack_first(path: str, **kwargs: Any) -> Any:
@@ -52,7 +52,7 @@ def test_drop_oldest_never_counts_lost_what_was_acked_while_it_dropped(
             acked.append(batch)
         return real(path, **kwargs)
 
-    monkeypatch.setattr(writer_module, "unlink_unpinned", ack_first)
+    monkeypatch.setattr(capacity_module, "unlink_unpinned", ack_first)
     for i in range(80, 200):
         writer.append(event(i, 100))
     monkeypatch.undo()
@@ -77,7 +77,7 @@ def test_drop_oldest_counts_lost_a_segment_the_drainer_acks_past_right_after_its
     for i in range(80):
         writer.append(event(i, 100))
     reader = SpoolReader(spool_dir, pin=True)
-    real = writer_module.unlink_unpinned
+    real = capacity_module.unlink_unpinned
     sent: list = []  # type: ignore[type-arg]
 
     def then_ship(path: str, **kwargs: Any) -> Any:
@@ -89,7 +89,7 @@ def test_drop_oldest_counts_lost_a_segment_the_drainer_acks_past_right_after_its
             reader.ack(batch)
         return done
 
-    monkeypatch.setattr(writer_module, "unlink_unpinned", then_ship)
+    monkeypatch.setattr(capacity_module, "unlink_unpinned", then_ship)
     for i in range(80, 200):
         writer.append(event(i, 100))
     monkeypatch.undo()

@@ -552,7 +552,7 @@ def test_a_write_error_clears_once_a_record_is_spooled_again(
     failing = {"on": True}
 
     def write(fd: int, data: Any) -> int:
-        if failing["on"] and fd == writer._fd:
+        if failing["on"] and fd == writer._seg.fd:
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 

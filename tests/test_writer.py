@@ -253,17 +253,17 @@ def test_drop_newest_refuses_and_then_records_how_many(spool_dir: str) -> None:
 
 
 def test_block_waits_for_the_drainer_to_free_space(spool_dir: str) -> None:
-    config = SpoolConfig(
-        fsync="never",
-        segment_max_bytes=8192,
-        max_spool_bytes=16384,
-        overflow="block",
-        block_timeout_s=0.2,
-    )
+    sizes = {"fsync": "never", "segment_max_bytes": 8192, "max_spool_bytes": 16384}
+    config = SpoolConfig(**sizes, overflow="block", block_timeout_s=0.2)
     with SpoolWriter(spool_dir, config) as writer:
+        started = time.monotonic()
         with pytest.raises(SpoolFullError):
             for i in range(300):
                 writer.append(event(i))
+        assert time.monotonic() - started >= 0.2  # the last append waited out its timeout
+    # the cap counts every lane: the closed lane keeps the spool full for a second writer
+    config = SpoolConfig(**sizes, overflow="block", block_timeout_s=5.0)
+    with SpoolWriter(spool_dir, config) as writer:
 
         def drain() -> None:
             time.sleep(0.05)
@@ -272,7 +272,6 @@ def test_block_waits_for_the_drainer_to_free_space(spool_dir: str) -> None:
                 reader.ack(batch)
             writer.notify_space()
 
-        writer.config = SpoolConfig(**{**config.__dict__, "block_timeout_s": 5.0})
         helper = threading.Thread(target=drain)
         helper.start()
         writer.append(event(999))  # blocks until the drain frees space
