@@ -24,7 +24,6 @@ RAW_CALL = re.compile(
 
 SEAM = "spool/fs.py"
 NOT_YET: Dict[str, str] = {  # module -> why it still makes raw calls
-    "spool/writer.py": "being split by role; converted after the split (issue #13)",
 }
 NOT_SPOOL: Dict[str, str] = {
     "transports/jsonl.py": "the JSONL transport's own output file, not a spool file",

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from faulty_fs import FaultyFileSystem
 from spoolkit import (
     SMALL,
     event,
@@ -21,7 +22,7 @@ from spoolkit import (
 
 from cerbistream_spool import SpoolConfigError, SpoolFullError, verify
 from cerbistream_spool.errors import SpoolClosedError
-from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
+from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter, fsio
 from cerbistream_spool.spool import writer as spool_writer
 from cerbistream_spool.spool.lanes import lane_dir
 
@@ -84,21 +85,13 @@ def test_always_mode_returns_only_when_durable(spool_dir: str) -> None:
             assert stats["durable"] >= seq and stats["accepted"] >= seq
 
 
-def test_always_mode_threads_share_fsyncs_and_each_return_is_durable(
-    spool_dir: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_always_mode_threads_share_fsyncs_and_each_return_is_durable(spool_dir: str) -> None:
     """Group commit: with 8 appenders one fsync covers several records, and still no
     append returns before its own record is fsynced."""
-    calls = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        calls.append(fd)
-        real_fsync(fd)
-
+    fs = FaultyFileSystem()  # fails nothing: it logs every operation
     not_durable: list = []
-    with SpoolWriter(spool_dir, SpoolConfig(fsync="always")) as writer:
-        monkeypatch.setattr(os, "fsync", counting_fsync)
+    with fsio.use(fs), SpoolWriter(spool_dir, SpoolConfig(fsync="always")) as writer:
+        before = len(fs.ops("fsync"))
 
         def work(t: int) -> None:
             for i in range(100):
@@ -112,28 +105,20 @@ def test_always_mode_threads_share_fsyncs_and_each_return_is_durable(
         for t in threads:
             t.join(60)
         assert not any(t.is_alive() for t in threads)
-        fsyncs = len(calls)
+        fsyncs = [p for p in fs.ops("fsync")[before:] if p.endswith(".seg")]
     assert not_durable == []
-    assert 0 < fsyncs < 800 * 0.9, fsyncs
+    assert 0 < len(fsyncs) < 800 * 0.9, len(fsyncs)
     assert verify(spool_dir).valid
 
 
 def test_always_mode_failed_fsync_fails_the_records_it_covered_then_recovers(
-    spool_dir: str, monkeypatch: pytest.MonkeyPatch
+    spool_dir: str,
 ) -> None:
     """An fsync error reaches the appender as OSError (never a hang, never a silent
     success); once the disk is back, the next append is durable again."""
-    real_fsync = os.fsync
-    failing = threading.Event()
-
-    def flaky_fsync(fd: int) -> None:
-        if failing.is_set():
-            raise OSError(5, "Input/output error")
-        real_fsync(fd)
-
-    with SpoolWriter(spool_dir, SpoolConfig(fsync="always")) as writer:
-        monkeypatch.setattr(os, "fsync", flaky_fsync)
-        failing.set()
+    fs = FaultyFileSystem()
+    with fsio.use(fs), SpoolWriter(spool_dir, SpoolConfig(fsync="always")) as writer:
+        fs.fail("fsync", "*.seg", times=-1)
         errors: list = []
 
         def work() -> None:
@@ -150,7 +135,7 @@ def test_always_mode_failed_fsync_fails_the_records_it_covered_then_recovers(
         assert not any(t.is_alive() for t in threads)
         assert len(errors) == 4 and all("Input/output error" in str(e) for e in errors)
         assert writer.stats()["durable"] < writer.stats()["accepted"]
-        failing.clear()
+        fs.clear()
         seq = writer.append(event(2))
         assert writer.stats()["durable"] >= seq
     assert verify(spool_dir).valid

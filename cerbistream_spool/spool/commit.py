@@ -14,13 +14,13 @@ by ``flush``) and the policy's background thread.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Optional, Tuple, Union
 
 from cerbistream_spool.errors import SpoolClosedError, SpoolConfigError
+from cerbistream_spool.spool.fs import current
 
 __all__ = [
     "COMMIT_POLICIES",
@@ -198,7 +198,7 @@ class Durability:
         synced = False
         try:
             if fd is not None:
-                os.fsync(fd)
+                current().fsync(fd)
             synced = True
         finally:
             with self.cond:

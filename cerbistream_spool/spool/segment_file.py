@@ -20,7 +20,7 @@ import time
 from typing import Callable, Optional
 
 from cerbistream_spool.spool.commit import Durability
-from cerbistream_spool.spool.fsio import write_all
+from cerbistream_spool.spool.fsio import current, write_all
 from cerbistream_spool.spool.segments import HEADER_SIZE, SegmentHeader, create_segment
 
 __all__ = ["SegmentFile"]
@@ -67,7 +67,7 @@ class SegmentFile:
 
     def reopen(self, base: int, path: str, created_ns: int, size: int, next_seq: int) -> None:
         """Append to an existing segment (recovered, its header matching the chain)."""
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self.fd = current().open(path, os.O_WRONLY | os.O_APPEND)
         self.base, self.path, self.size = base, path, size
         self.created_ns = created_ns
         self.records = 1 if base < next_seq else 0
@@ -86,7 +86,7 @@ class SegmentFile:
         fd = self.fd
         assert fd is not None
         size = len(frame)
-        written = os.write(fd, frame)
+        written = current().write(fd, frame)
         if written != size:  # a short write is legal: finish it
             write_all(fd, frame[written:])
         self.size += size
@@ -96,7 +96,7 @@ class SegmentFile:
         """Remove a partially written frame; if that fails, abandon the segment."""
         try:
             assert self.fd is not None
-            os.ftruncate(self.fd, self.size)
+            current().ftruncate(self.fd, self.size)
         except OSError:
             self.seal(fsync=False)
 
@@ -109,11 +109,11 @@ class SegmentFile:
             fd, self.fd = self.fd, None
             try:
                 if fd is not None and fsync:
-                    os.fsync(fd)
+                    current().fsync(fd)
                     d.durable = d.accepted
             finally:
                 if fd is not None:
-                    os.close(fd)
+                    current().close(fd)
                     self._on_sealed(self.base, self.path, self.size)
                     if d.durable < d.accepted:  # waiters must not wait for this fd
                         d.failed = (d.accepted, "segment closed before it was fsynced")

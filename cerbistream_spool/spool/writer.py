@@ -59,7 +59,7 @@ from cerbistream_spool.spool.chain import Chain
 from cerbistream_spool.spool.commit import Durability
 from cerbistream_spool.spool.config import SpoolConfig
 from cerbistream_spool.spool.cursor import Cursor, ensure_cursor, load_cursor
-from cerbistream_spool.spool.fsio import ensure_dir, fsync_dir
+from cerbistream_spool.spool.fsio import current, ensure_dir, fsync_dir, identity
 from cerbistream_spool.spool.inventory import Depth, Inventory, take_inventory
 from cerbistream_spool.spool.lanes import acquire_lane, lane_dir
 from cerbistream_spool.spool.markers import Gap, GapReason, close_body, open_body
@@ -165,12 +165,12 @@ class SpoolWriter:
             elif header.flags == seg.flags and (size > HEADER_SIZE or base == self._next_seq):
                 seg.reopen(base, path, header.created_ns, size, self._next_seq)
             else:  # an empty segment whose base or signing no longer fits the chain
-                os.unlink(path)
+                current().unlink(path)
                 fsync_dir(self._dir)
         cap.refresh_sizes(force=True)
         if seg.fd is None:
             self._new_segment()
-        self._dir_id = _inode(self._dir)
+        self._dir_id = identity(self._dir)
         with contextlib.suppress(OSError):  # the blocks every ack writes in place, taken now
             ensure_cursor(self._dir, self.lane)
         for gap in state.gaps:
@@ -285,7 +285,7 @@ class SpoolWriter:
             with self._commit.cond:
                 fd, self._seg.fd = self._seg.fd, None
             if fd is not None:
-                os.close(fd)
+                current().close(fd)
             self._release()
 
     def stats(self, inventory: Optional[Inventory] = None) -> Dict[str, Any]:
@@ -431,9 +431,9 @@ class SpoolWriter:
         """True when the active segment was unlinked or the lane directory replaced."""
         fd = self._seg.fd
         try:
-            if fd is not None and os.fstat(fd).st_nlink == 0:
+            if fd is not None and current().fstat(fd).st_nlink == 0:
                 return True
-            return _inode(self._dir) != self._dir_id
+            return identity(self._dir) != self._dir_id
         except OSError:
             return True
 
@@ -453,7 +453,7 @@ class SpoolWriter:
                 commit.failed = (commit.accepted, "the spool directory vanished before fsync")
             commit.cond.notify_all()
         if fd is not None:
-            os.close(fd)
+            current().close(fd)
         self._adrift = True
         self._prior_events = self._events
         self._prior_delivered += delivered
@@ -563,13 +563,8 @@ class SpoolWriter:
         fd, self._seg.fd = self._seg.fd, None
         if fd is not None:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                current().close(fd)
         forget_inherited_lock(self._lane_lock)
-
-
-def _inode(path: str) -> Tuple[int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
 
 
 def forget_inherited_lock(lock: Any) -> None:
@@ -584,7 +579,7 @@ def forget_inherited_lock(lock: Any) -> None:
     if context is None or fd is None:
         return
     with contextlib.suppress(OSError):
-        os.close(fd)
+        current().close(fd)  # filelock's descriptor, closed without unlocking
     context.lock_file_fd = None
     if hasattr(context, "lock_counter"):
         context.lock_counter = 0
