@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 
 from spoolkit import SMALL, build, event, event_ids, flip, frames, read_all, segments
 
 from cerbistream_spool import verify
 from cerbistream_spool.spool import SpoolReader, SpoolWriter
+from cerbistream_spool.spool.chain import GENESIS
 from cerbistream_spool.spool.cursor import read_cursor
 from cerbistream_spool.spool.lanes import lane_dir
+from cerbistream_spool.spool.segments import SegmentHeader, create_segment, segment_name
 
 
 def test_batches_respect_limits_and_cover_every_record_once(spool_dir: str) -> None:
@@ -141,3 +144,27 @@ def read_all_from(reader: SpoolReader) -> list:  # type: ignore[type-arg]
     for batch in reader.batches():
         out.extend(batch.records)
     return out
+
+
+def test_a_batch_read_while_the_writer_creates_its_next_segment_is_acknowledged(
+    spool_dir: str,
+) -> None:
+    # the reader reached the next segment while it was still being created (shorter than
+    # its header): the batch's records are all in the segment before, and its ack must
+    # persist; it was dropped as "lane replaced" once the new header was written, and
+    # the batch read again (201 events delivered twice in tests/test_multiprocess.py)
+    with SpoolWriter(spool_dir) as writer:
+        for i in range(5):
+            last = writer.append(event(i))
+    ldir = lane_dir(spool_dir, 0)
+    nxt = last + 2  # after the close marker
+    open(os.path.join(ldir, segment_name(nxt)), "wb").close()  # created, no header yet
+    reader = SpoolReader(spool_dir)
+    batch = reader.read_batch(100)
+    assert batch is not None and len(batch.events()) == 5
+    os.unlink(os.path.join(ldir, segment_name(nxt)))
+    fd, _ = create_segment(ldir, SegmentHeader(0, nxt, time.time_ns(), GENESIS, 0))
+    os.close(fd)
+    reader.ack(batch)
+    assert read_cursor(ldir, 0).acked_seq == batch.records[-1].seq
+    assert reader.read_batch(100) is None  # nothing is read twice

@@ -371,6 +371,7 @@ class SpoolReader:
             idx = bases.index(pos.base)
             next_base = bases[idx + 1] if idx + 1 < len(bases) else None
             path = segments[idx][1]
+            held = len(records)
             try:
                 more, used = self._scan(
                     lane,
@@ -386,7 +387,8 @@ class SpoolReader:
             nbytes += used
             if pos.stale:
                 return None
-            tail = (path, pos.seg_created or 0)
+            if len(records) > held:  # the batch's last record is in this segment (so far)
+                tail = (path, pos.seg_created or 0)
             if more:
                 continue
             if next_base is not None:
