@@ -503,15 +503,15 @@ def _content(
     if not blocked:
         if captured is not None and captured.message is not None:
             message = captured.message  # QueueHandler.prepare put its formatted text in msg
-        elif merged is None:
+        elif merged is not None and merged.message is not None:
+            message = merged.message
+        elif merged is not None and merged.args is not None:
+            message = _render(record, merged, before, extras)
+        else:  # no mapping arguments (loguru's bound fields come with a text message)
             try:
                 message = record.getMessage()
             except Exception as exc:  # noqa: BLE001 - a bad format string must not lose it
                 message = _unformattable(record, exc)
-        elif merged.message is not None:
-            message = merged.message
-        else:
-            message = _render(record, merged, before, extras)
         if message.__class__ is not str or not message.isascii():
             message = _as_text(message)
         payload["message"] = message

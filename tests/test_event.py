@@ -579,6 +579,16 @@ def test_broken_format_string_keeps_raw_msg_with_a_marker() -> None:
     assert "TypeError" in payload["message"]
 
 
+@pytest.mark.parametrize(("msg", "args"), [("100% done", ()), ("hello %s", ("bob",))])
+def test_bound_fields_keep_the_message_as_get_message_formats_it(msg: str, args: Any) -> None:
+    """loguru's bound ``extra`` makes fields, not mapping arguments: the text message is
+    ``getMessage()``, never ``msg % {}`` (a ``%`` in loguru's formatted text)."""
+    record = make_record(msg, *args, extra={"extra": {"user": "bob"}})
+    payload = build(record)["RawPayload"]
+    assert payload["message"] == record.getMessage()
+    assert payload["user"] == "bob"
+
+
 def test_exception_is_recorded_after_extras() -> None:
     payload = build(make_record("failed", extra={"k": 1}, exc_info=_exc_info()))["RawPayload"]
     assert list(payload)[-2:] == ["k", "exception"]
