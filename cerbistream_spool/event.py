@@ -381,7 +381,7 @@ class _Layout:
         wires = _unique_keys([k for k, _ in pairs], [w for _, w in pairs])
         self.pairs = tuple(zip([k for k, _ in pairs], wires))
         self.controls = tuple(controls)
-        self.keys = tuple(dict.fromkeys(wire for _, wire in pairs))
+        self.keys = tuple(wires)  # unique (_unique_keys): rules see every extra
         self.renames = not _PAYLOAD_KEYS.isdisjoint(self.keys)
         self.plan: Optional[FlatPlan] = None  # of the governance the memo holding this is for
         self.bound = BOUND_KEY in self.keys  # loguru's bound fields, maybe (fields.py)

@@ -1137,6 +1137,20 @@ def test_extras_with_non_string_keys_keep_the_record_and_every_value(spool_dir: 
     assert payloads[1]["d"] == {"1~2": "a", "1": "b"}
 
 
+@pytest.mark.parametrize("value", ["x", {"id": 1}])
+def test_a_key_renamed_with_a_suffix_is_still_governed(
+    contract_gov: Governance, value: Any
+) -> None:
+    """``b"email"`` beside ``"email"`` is stored as ``email~2`` and still matches as
+    ``email``: Redact reaches it on the flat-plan and the nested path, encoder too."""
+    record = make_record(extra={b"email": value, "email": "y"})
+    encoder = EventEncoder(tenant_id="t", app_name="a")
+    for _ in range(2):  # the second record through the encoder's memoised layout
+        event = msgpack.unpackb(encoder.encode(record, contract_gov), raw=False)
+        assert event["RawPayload"]["email~2"] == event["RawPayload"]["email"] == REDACTED
+    assert build(record, governance=contract_gov)["RawPayload"]["email~2"] == REDACTED
+
+
 def test_colliding_keys_keep_the_string_key_and_suffix_the_others() -> None:
     """A bytes key is its UTF-8 text (``b"1"`` is ``"1"``), so it collides like an int."""
     extra = {1: "int", "1": "str", "1~2": "taken", b"1": "bytes", 2: "two", b"\xff": "bad"}
