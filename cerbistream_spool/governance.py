@@ -270,7 +270,7 @@ class Governance:
             violations = self.check(probe)
             redacted, blocked = apply_actions(probe, violations)
             redact = frozenset(key for key in keys if redacted[key] is not None)
-            plan = FlatPlan(violations, redact, blocked, {})
+            plan = FlatPlan(violations, redact, blocked)
             if len(self._plans) < _MAX_PLANS:
                 self._plans[keys] = plan
         return plan
@@ -330,9 +330,6 @@ class FlatPlan(NamedTuple):
     violations: Tuple[Violation, ...]
     redact: FrozenSet[str]
     blocked: bool
-    # what consumers derive from the plan, kept with it (the event encoder stores the
-    # packed Violations here); bounded and dropped with the plan, so with the Governance
-    memo: Dict[str, Any]
 
 
 _MAX_PLANS = 1024

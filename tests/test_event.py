@@ -46,6 +46,7 @@ from cerbistream_spool.event import (
 )
 from cerbistream_spool.governance import REDACTED, Governance, load_governance, parse_governance
 from cerbistream_spool.spool.record import encode_body
+from tests.reference_event import reference_event
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 IN_CI = bool(os.environ.get("CI"))  # .ci/run: the property tests' full example counts
@@ -579,6 +580,16 @@ def test_broken_format_string_keeps_raw_msg_with_a_marker() -> None:
     assert "TypeError" in payload["message"]
 
 
+@pytest.mark.parametrize(("msg", "args"), [("100% done", ()), ("hello %s", ("bob",))])
+def test_bound_fields_keep_the_message_as_get_message_formats_it(msg: str, args: Any) -> None:
+    """loguru's bound ``extra`` makes fields, not mapping arguments: the text message is
+    ``getMessage()``, never ``msg % {}`` (a ``%`` in loguru's formatted text)."""
+    record = make_record(msg, *args, extra={"extra": {"user": "bob"}})
+    payload = build(record)["RawPayload"]
+    assert payload["message"] == record.getMessage()
+    assert payload["user"] == "bob"
+
+
 def test_exception_is_recorded_after_extras() -> None:
     payload = build(make_record("failed", extra={"k": 1}, exc_info=_exc_info()))["RawPayload"]
     assert list(payload)[-2:] == ["k", "exception"]
@@ -729,21 +740,24 @@ def test_a_redacted_extra_whose_name_clashes_with_payload_keys_stays_redacted(tm
 def assert_encoder_bytes_equal_build_event(
     encoder: EventEncoder, record: logging.LogRecord, governance: Optional[Governance]
 ) -> bytes:
-    """``encoder.encode`` == ``encode_body(build_event(...))`` byte for byte, the LogId pinned."""
+    """``encoder.encode`` == ``encode_body(build_event(...))`` == ``encode_body`` of the
+    plain reference builder (tests/reference_event.py) byte for byte, the LogId pinned."""
     body = encoder.encode(record, governance)
     log_id = msgpack.unpackb(body, raw=False)["LogId"]
     assert UUID4.match(log_id)
-    event = build_event(
-        record,
-        tenant_id=encoder.tenant_id,
-        app_name=encoder.app_name,
-        environment=encoder.environment,
-        governance_profile=encoder.governance_profile,
-        governance=governance,
-    )
+    options: Dict[str, Any] = {
+        "tenant_id": encoder.tenant_id,
+        "app_name": encoder.app_name,
+        "environment": encoder.environment,
+        "governance_profile": encoder.governance_profile,
+        "governance": governance,
+    }
+    event = build_event(record, **options)
     event["LogId"] = log_id
-    if _ran_out_of_time(msgpack.unpackb(body, raw=False)) or _ran_out_of_time(event):
-        return body  # a time budget is not deterministic: one of the two scans failed closed
+    reference = reference_event(record, **options, log_id=log_id)
+    if any(map(_ran_out_of_time, (msgpack.unpackb(body, raw=False), event, reference))):
+        return body  # a time budget is not deterministic: one of the scans failed closed
+    assert body == encode_body(reference), (msgpack.unpackb(body, raw=False), reference)
     assert body == encode_body(event), (msgpack.unpackb(body, raw=False), event)
     return body
 
@@ -849,6 +863,28 @@ messages = st.one_of(
         max_size=4,
     ),
 )
+# what the fast path treats specially, dense: RawPayload names and their extra_ forms,
+# keys that collide once made text, governed keys holding nested dicts and lists
+nested_keys = st.sampled_from(["email", "Email", "password", "id"])
+governed_trees = st.sampled_from(["x", 1, None, "password=hunter2"]) | st.recursive(
+    st.dictionaries(nested_keys, st.sampled_from(["x", 1]), min_size=1, max_size=3),
+    lambda kids: (
+        st.lists(kids, min_size=1, max_size=3)
+        | st.dictionaries(nested_keys, kids, min_size=1, max_size=3)
+    ),
+    max_leaves=6,
+)
+special_extras = st.dictionaries(
+    st.sampled_from(["user", "users", "User"])  # where the rules look inside dicts and lists
+    | st.sampled_from(
+        [
+            *("logger", "extra_logger", "level", "extra_level", "extra_extra_level"),
+            *("email", "password", "iban", "1", 1, b"email", "email~2"),
+        ]
+    ),
+    governed_trees,
+    max_size=5,
+)
 mapping_args = st.dictionaries(
     st.sampled_from(["user", "email", "password", "n"]),
     st.one_of(st.text(max_size=4), st.integers(), st.just("password=x")),
@@ -934,6 +970,25 @@ def test_encoder_bytes_equal_encode_body_of_build_event(
         reset_correlation_id(token)
     assert first != second  # a new LogId per event, everything else the same
     assert len(first) == len(second)
+
+
+@settings(max_examples=300 if IN_CI else 100, deadline=None)
+@given(
+    extras=special_extras,
+    governance=st.sampled_from([ENCODER_GOVERNANCE, PATTERN_GOVERNANCE]),
+    reorder=st.booleans(),
+)
+def test_encoder_bytes_equal_the_reference_for_governed_and_renamed_fields(
+    extras: Dict[str, Any], governance: Governance, reorder: bool
+) -> None:
+    """Dense in what the fast path decides by itself: the flat-plan shortcut (governed keys
+    holding nested dicts and lists), ``extra_`` renames and keys that collide as text."""
+    encoder = shared_encoder({"tenant_id": "t", "app_name": "a"}, governance)
+    record = make_record(extra=extras)
+    if reorder:
+        record.__dict__["msg"] = record.__dict__.pop("msg")
+    assert_encoder_bytes_equal_build_event(encoder, record, governance)
+    assert_encoder_bytes_equal_build_event(encoder, record, governance)  # memoised
 
 
 @settings(max_examples=200, deadline=None)
@@ -1022,12 +1077,24 @@ def test_encoder_applies_new_rules_to_the_next_record_after_a_reload(tmp_path: P
             assert [v["RuleId"] for v in event["Violations"]] == ([rule] if rule else [])
 
 
+def test_packed_violations_of_a_layout_are_not_served_to_a_record_a_pattern_matched() -> None:
+    """The encoder keeps a layout's packed Violations; a record of the same shape whose
+    text a pattern matches has more violations, and gets them (either order)."""
+    for texts in (["plain", "password=x", "plain"], ["password=x", "plain", "password=x"]):
+        encoder = EventEncoder(tenant_id="t", app_name="a")
+        for text in texts:
+            record = make_record(extra={"email": "a@b.c", "note": text})
+            body = assert_encoder_bytes_equal_build_event(encoder, record, PATTERN_GOVERNANCE)
+            rules = [v["RuleId"] for v in msgpack.unpackb(body, raw=False)["Violations"]]
+            assert rules == (["PII-001", "TXT-1"] if text != "plain" else ["PII-001"])
+
+
 def test_encoder_memo_stays_bounded_with_ever_new_extra_names() -> None:
     encoder = EventEncoder(tenant_id="t", app_name="a")
     gov = load_governance(GOLDEN / "contract_governance.json")
     for i in range(_MAX_LAYOUTS + 50):
         assert_encoder_bytes_equal_build_event(encoder, make_record(extra={f"k{i}": i}), gov)
-    assert len(encoder._state[1]) == _MAX_LAYOUTS
+    assert len(encoder._state[1].by_names) == _MAX_LAYOUTS
 
 
 def test_encoder_with_an_option_utf8_cannot_encode_fails_per_record_like_encode_body() -> None:
@@ -1125,6 +1192,20 @@ def test_extras_with_non_string_keys_keep_the_record_and_every_value(spool_dir: 
     assert [p["message"] for p in payloads] == ["odd keys", "nested"]
     assert payloads[0]["1"] == "x" and payloads[0]["ok"] == "v"
     assert payloads[1]["d"] == {"1~2": "a", "1": "b"}
+
+
+@pytest.mark.parametrize("value", ["x", {"id": 1}])
+def test_a_key_renamed_with_a_suffix_is_still_governed(
+    contract_gov: Governance, value: Any
+) -> None:
+    """``b"email"`` beside ``"email"`` is stored as ``email~2`` and still matches as
+    ``email``: Redact reaches it on the flat-plan and the nested path, encoder too."""
+    record = make_record(extra={b"email": value, "email": "y"})
+    encoder = EventEncoder(tenant_id="t", app_name="a")
+    for _ in range(2):  # the second record through the encoder's memoised layout
+        event = msgpack.unpackb(encoder.encode(record, contract_gov), raw=False)
+        assert event["RawPayload"]["email~2"] == event["RawPayload"]["email"] == REDACTED
+    assert build(record, governance=contract_gov)["RawPayload"]["email~2"] == REDACTED
 
 
 def test_colliding_keys_keep_the_string_key_and_suffix_the_others() -> None:
