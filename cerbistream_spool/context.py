@@ -25,6 +25,8 @@ import logging
 from contextvars import ContextVar, Token
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
+from cerbistream_spool.wire import exception_fields, to_wire
+
 __all__ = [
     "CAPTURED_ATTR",
     "CaptureContext",
@@ -101,9 +103,7 @@ class CaptureContext(logging.Filter):
 
 def capture(record: logging.LogRecord) -> Captured:
     """What :class:`CaptureContext` stores on ``record``."""
-    from cerbistream_spool.event import _exception, to_wire  # noqa: PLC0415 — event imports us
-
-    exception = _exception(record.exc_info) if record.exc_info else None
+    exception = exception_fields(record.exc_info) if record.exc_info else None
     msg, args = record.msg, record.args
     if isinstance(msg, Mapping) or isinstance(args, Mapping):
         fields = (to_wire(msg), to_wire(args) if isinstance(args, Mapping) else ())

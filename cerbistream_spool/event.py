@@ -18,28 +18,12 @@ extras: they steer the envelope and already appear there (``TenantId``, ...), so
 copy in RawPayload would only duplicate them, and governance rules never see them.
 A control set to ``None`` (or an empty ``tenant_id``/``app_name``) does not override.
 
-Wire values (:func:`to_wire`): what both msgpack and JSON carry is kept (``str``,
-``bool``, ``None``, ``int`` in msgpack's 64-bit range, finite ``float``, ``dict``
-with keys made ``str``, ``list``; tuples become lists; subclasses of these
-become their base value, as ``json.dumps`` writes them). Everything else is
-stored as ``str(value)``: ``bytes`` too (``"b'..'"``, JSON has no bytes and a
-decode could fail or mislead), sets, ints beyond 64 bits, ``nan``/``inf``. Strings
-that UTF-8 cannot encode (lone surrogates) are backslash-escaped, containers
-nested deeper than :data:`MAX_DEPTH` are stringified, and a ``__str__`` that
-raises gives ``<unprintable TypeName>``: building an event does not fail on data.
+Wire values and keys: cerbistream_spool/wire.py (:func:`to_wire`).
 
 Extras here are the record's fields (cerbistream_spool/fields.py): a mapping message
 (structlog's ``wrap_for_formatter``), mapping arguments and loguru's ``extra`` attribute
 are merged into them before governance; the message is then that mapping's ``event``
 or ``message`` value, or ``msg % args`` with the arguments as governance left them.
-
-Keys (of the extras and of every nested mapping) become ``str``: a ``str`` key that
-UTF-8 can encode stays as it is, a bytes key is its UTF-8 text (undecodable bytes
-backslash-escaped), any other key its ``str`` (``1`` → ``"1"``, a lone surrogate
-backslash-escaped). When two keys of one mapping give the same text,
-the key that was that text already keeps it, and each other one, in the mapping's
-order, gets the first free ``~2``, ``~3``, … suffix: ``{1: "a", "1": "b"}`` becomes
-``{"1~2": "a", "1": "b"}``; nothing is dropped.
 
 RawPayload keeps ``logger, level, message, module, function`` first; an extra
 with one of those names (or ``exception``/``blocked``) is stored as ``extra_<name>``.
@@ -54,7 +38,6 @@ import logging
 import math
 import os
 import threading
-import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -69,6 +52,18 @@ from cerbistream_spool.governance import (
     Governance,
     Violation,
     apply_actions,
+)
+from cerbistream_spool.wire import (
+    INT_MAX,
+    INT_MIN,
+    MAX_DEPTH,
+    as_text,
+    exception_fields,
+    safe_str,
+    to_wire,
+    unique_keys,
+    utf8,
+    wire_key,
 )
 
 __all__ = [
@@ -117,7 +112,6 @@ RESERVED_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict_
 }
 _BASE_NAMES = tuple(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
 _NBASE = len(_BASE_NAMES)
-MAX_DEPTH = 32  # below System.Text.Json's default MaxDepth of 64, envelope included
 
 _ENVELOPE_CONTROLS = frozenset(("tenant_id", "app_name", "environment"))
 _LEVEL_NAMES = ("Debug", "Information", "Warning", "Error", "Critical")
@@ -126,8 +120,6 @@ _UNSCANNED = frozenset(("logger", "level", "message", "module", "function"))
 _PAYLOAD_KEYS = frozenset(
     ("logger", "level", "message", "module", "function", "exception", "blocked")
 )
-_INT_MIN = -(2**63)
-_INT_MAX = 2**64 - 1
 _ID_BLOCK = 256  # 64 cost ~50 ns more per id (the per-block work, amortised)
 _id_pool: List[str] = []  # ids drawn, not yet handed out; at most _ID_BLOCK per refill
 _UUID_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab" * 4)  # hex digit → 10xx
@@ -382,17 +374,17 @@ class _Layout:
         controls = []
         for key in names:
             if key.__class__ is not str:  # extra={1: ...}: logging puts it in __dict__ as is
-                pairs.append((key, _wire_key(key)))
+                pairs.append((key, wire_key(key)))
             elif key in RESERVED_ATTRS or key[:1] == "_":
                 continue
             elif key in CONTROL_KEYS:
                 controls.append(key)
             else:
-                pairs.append((key, key if key.isascii() else _utf8(key)))
-        wires = _unique_keys([k for k, _ in pairs], [w for _, w in pairs])
+                pairs.append((key, key if key.isascii() else utf8(key)))
+        wires = unique_keys([k for k, _ in pairs], [w for _, w in pairs])
         self.pairs = tuple(zip([k for k, _ in pairs], wires))
         self.controls = tuple(controls)
-        self.keys = tuple(wires)  # unique (_unique_keys): rules see every extra
+        self.keys = tuple(wires)  # unique (unique_keys): rules see every extra
         self.renames = not _PAYLOAD_KEYS.isdisjoint(self.keys)
         self.plan: Optional[FlatPlan] = None
         self.packed: Optional[bytes] = None
@@ -481,7 +473,7 @@ def _content(
     if correlation_id is None:
         correlation_id = get_correlation_id() if captured is None else captured.correlation_id
         if correlation_id is not None:
-            correlation_id = _as_text(correlation_id)
+            correlation_id = as_text(correlation_id)
 
     # the mapping arguments before governance, to render the message from what it left
     before = None
@@ -572,13 +564,13 @@ def _payload_and_extras(
     }
     extras = {} if layout.renames else payload
     flat = True
-    for key, wire_key in layout.pairs:
+    for key, wkey in layout.pairs:
         value = source[key]
         cls = value.__class__
-        if (cls is str and value.isascii()) or (cls is int and _INT_MIN <= value <= _INT_MAX):
-            extras[wire_key] = value
+        if (cls is str and value.isascii()) or (cls is int and INT_MIN <= value <= INT_MAX):
+            extras[wkey] = value
         else:
-            extras[wire_key] = value = to_wire(value)
+            extras[wkey] = value = to_wire(value)
             if value.__class__ is dict or value.__class__ is list:
                 flat = False
     return payload, extras, flat
@@ -592,7 +584,7 @@ def _controls(
     controls = {key: source[key] for key in layout.controls}
     overrides = None if _ENVELOPE_CONTROLS.isdisjoint(controls) else controls
     value = controls.get("correlation_id")
-    correlation_id = None if value is None else _as_text(value)
+    correlation_id = None if value is None else as_text(value)
     return overrides, correlation_id, _truthy(controls.get("governance_relaxed"))
 
 
@@ -634,7 +626,7 @@ def _message(
         except Exception as exc:  # noqa: BLE001 - a bad format string must not lose it
             message = _unformattable(record, exc)
     if message.__class__ is not str or not message.isascii():
-        message = _as_text(message)
+        message = as_text(message)
     return message  # type: ignore[no-any-return]
 
 
@@ -658,7 +650,7 @@ def _add_exception(
     what CaptureContext noted before prepare() cleared it."""
     exc_info = record.exc_info or (merged.fields.exc_info if merged is not None else None)
     if exc_info:
-        exception = _exception(exc_info)
+        exception = exception_fields(exc_info)
         if exception is not None:
             payload["exception"] = exception
     elif captured is not None and captured.exception is not None:
@@ -703,7 +695,7 @@ def _merged_layout(
                 args.append(len(keys))
             keys.append(key)
             values.append(value)
-    wires = _unique_keys(keys, [_wire_key(key) for key in keys])
+    wires = unique_keys(keys, [wire_key(key) for key in keys])
     taken = set(CONTROL_KEYS)
     for i, wire in enumerate(wires):
         name, n = wire, 2
@@ -734,8 +726,8 @@ def _render(
         return str(record.msg) % args
     except Exception as exc:  # noqa: BLE001 - a bad format string must not lose the event
         return (
-            f"{_safe_str(record.msg)} [cerbistream_spool: message formatting failed: "
-            f"{type(exc).__name__}: {_safe_str(exc)}]"
+            f"{safe_str(record.msg)} [cerbistream_spool: message formatting failed: "
+            f"{type(exc).__name__}: {safe_str(exc)}]"
         )
 
 
@@ -754,7 +746,7 @@ def _event_dict(
         app_name = _override(overrides.get("app_name"), app_name)
         value = overrides.get("environment")
         if value is not None:
-            environment = _as_text(value)
+            environment = as_text(value)
     return {
         "SchemaVersion": SCHEMA_VERSION,
         "TenantId": tenant_id,
@@ -854,109 +846,10 @@ def format_timestamp(created: float) -> str:
     return f"{cached[1]}{_DIGITS3[micros // 1000]}{_DIGITS3[micros % 1000]}Z"
 
 
-def to_wire(value: Any, _depth: int = 0) -> Any:
-    """``value`` as msgpack and JSON can both carry it (see the module docstring)."""
-    cls = value.__class__
-    if cls is str:
-        return value if value.isascii() else _utf8(value)
-    if value is None or cls is bool:
-        return value
-    if cls is int:
-        return value if _INT_MIN <= value <= _INT_MAX else str(value)
-    if cls is float:
-        return value if math.isfinite(value) else str(value)
-    if cls is dict or cls is list or cls is tuple:
-        return _container(value, cls is dict, _depth)
-    if isinstance(value, Mapping):
-        return _container(value, True, _depth)
-    if isinstance(value, (list, tuple)):
-        return _container(value, False, _depth)
-    if isinstance(value, str):
-        return to_wire(str.__str__(value), _depth)
-    if isinstance(value, int):  # bool is final, so this is an int subclass (IntEnum, ...)
-        return to_wire(int.__int__(value), _depth)
-    if isinstance(value, float):
-        return to_wire(float.__float__(value), _depth)
-    return _safe_str(value)
-
-
-def _container(value: Any, is_mapping: bool, depth: int) -> Any:
-    if depth >= MAX_DEPTH:
-        return _safe_str(value)
-    depth += 1
-    try:
-        if is_mapping:
-            out: Dict[str, Any] = {}
-            for key, item in value.items():
-                if key.__class__ is not str or not key.isascii():
-                    key = _wire_key(key)  # noqa: PLW2901
-                out[key] = to_wire(item, depth)
-            if len(out) != len(value):  # two keys gave the same text: rename, drop nothing
-                keys = list(value)
-                wires = _unique_keys(keys, [_wire_key(key) for key in keys])
-                return {wire: to_wire(value[key], depth) for key, wire in zip(keys, wires)}
-            return out
-        return [to_wire(item, depth) for item in value]
-    except Exception:  # noqa: BLE001 - a broken container is stored as text, not lost
-        return _safe_str(value)
-
-
-def _unique_keys(keys: List[Any], wires: List[str]) -> List[str]:
-    """``wires`` (the text of each of ``keys``) made unique by the rule in the module
-    docstring: a key already equal to its text keeps it, the others get ``~N``."""
-    taken = {wire for key, wire in zip(keys, wires) if key.__class__ is str and key == wire}
-    if len(taken) == len(wires):
-        return wires
-    out = []
-    for key, text in zip(keys, wires):
-        name = text
-        if not (key.__class__ is str and key == text):
-            n = 2
-            while name in taken:
-                name = f"{text}~{n}"
-                n += 1
-            taken.add(name)
-        out.append(name)
-    return out
-
-
-def _wire_key(key: Any) -> str:
-    if key.__class__ is str:
-        return key if key.isascii() else _utf8(key)
-    if isinstance(key, str):
-        return _utf8(str.__str__(key))
-    if isinstance(key, (bytes, bytearray)):
-        return bytes(key).decode("utf-8", "backslashreplace")
-    return _safe_str(key)
-
-
-def _utf8(text: str) -> str:
-    """``text`` if UTF-8 can encode it, else with the offending code points backslash-escaped."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _safe_str(value: Any) -> str:
-    try:
-        text = str(value)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the event
-        return f"<unprintable {type(value).__qualname__}>"
-    return text if text.isascii() else _utf8(text)
-
-
-def _as_text(value: Any) -> str:
-    if value.__class__ is str:
-        return value if value.isascii() else _utf8(value)
-    return _safe_str(value)
-
-
 def _override(value: Any, default: str) -> str:
     if value is None:
         return default
-    text = _as_text(value)
+    text = as_text(value)
     return text if text.strip() else default
 
 
@@ -970,31 +863,6 @@ def _truthy(value: Any) -> bool:
 def _unformattable(record: logging.LogRecord, exc: Exception) -> str:
     """The raw msg with a marker, for a record whose ``getMessage()`` raised ``exc``."""
     return (
-        f"{_safe_str(record.msg)} [cerbistream_spool: message formatting failed: "
-        f"{type(exc).__name__}: {_safe_str(exc)}; args={_safe_str(record.args)}]"
+        f"{safe_str(record.msg)} [cerbistream_spool: message formatting failed: "
+        f"{type(exc).__name__}: {safe_str(exc)}; args={safe_str(record.args)}]"
     )
-
-
-def _exception(exc_info: Any) -> Optional[Dict[str, str]]:
-    """``{"type", "message", "traceback"}`` for a record's ``exc_info``, or None."""
-    if isinstance(exc_info, BaseException):
-        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
-    if not isinstance(exc_info, tuple) or len(exc_info) != 3:
-        return None
-    etype, evalue, tb = exc_info
-    if evalue is None and etype is None:
-        return None
-    if etype is None:
-        etype = type(evalue)
-    module = getattr(etype, "__module__", None)
-    qualname = getattr(etype, "__qualname__", None) or _safe_str(etype)
-    name = qualname if module in (None, "builtins") else f"{module}.{qualname}"
-    try:
-        text = "".join(traceback.format_exception(etype, evalue, tb)).rstrip("\n")
-    except Exception as exc:  # noqa: BLE001 - keep the event even if the traceback cannot render
-        text = f"<traceback unavailable: {type(exc).__name__}>"
-    return {
-        "type": _as_text(name),
-        "message": "" if evalue is None else _safe_str(evalue),
-        "traceback": _as_text(text),
-    }

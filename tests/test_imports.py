@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+from typing import Dict, List, Set
+
+import cerbistream_spool
 
 
 def test_every_public_name_resolves_to_what_its_module_defines() -> None:
@@ -26,3 +31,75 @@ def test_importing_the_package_loads_neither_the_handler_nor_watchdog() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def _import_graph() -> Dict[str, Set[str]]:
+    """Module -> the package modules it imports, at module level or inside functions.
+
+    The package ``__init__`` is left out: its lazy name map (PEP 562) names every
+    public module without importing it.
+    """
+    root = Path(cerbistream_spool.__file__).parent
+    modules: Dict[str, Path] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+
+    def owner(name: str) -> str:
+        while name not in modules and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name
+
+    graph: Dict[str, Set[str]] = {}
+    for name, path in modules.items():
+        if name == "cerbistream_spool":
+            continue
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found: Set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    found.add(full if full in modules else base)
+        graph[name] = {
+            owner(t)
+            for t in found
+            if t.startswith("cerbistream_spool.") and owner(t) not in (name, "cerbistream_spool")
+        }
+    return graph
+
+
+def test_the_package_import_graph_has_no_cycle() -> None:
+    graph = _import_graph()
+    assert "cerbistream_spool.spool.writer" in graph and graph["cerbistream_spool.drain"]
+    state: Dict[str, int] = {}  # 1: on the path, 2: done
+    cycles: List[List[str]] = []
+
+    def visit(node: str, path: List[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append([*path, node, nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    assert cycles == []
+
+
+def test_the_drainer_and_the_spool_import_nothing_of_the_handler() -> None:
+    graph = _import_graph()
+    handler = "cerbistream_spool.handler"
+    for module, imports in graph.items():
+        if module == "cerbistream_spool.drain" or module.startswith("cerbistream_spool.spool"):
+            assert handler not in imports, module
