@@ -16,20 +16,22 @@ import signal
 import sys
 import threading
 import time
-from typing import IO, Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
+from typing import IO, TYPE_CHECKING, Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 import click
 
 from cerbistream_spool import __version__
-from cerbistream_spool.diagnostics import Reporter
 from cerbistream_spool.errors import PermanentTransportError
 from cerbistream_spool.spool.chain import ENV_KEY
 from cerbistream_spool.spool.lanes import is_spool_dir, lane_dir
-from cerbistream_spool.spool.reader import SpoolReader
-from cerbistream_spool.status import status as spool_status
 from cerbistream_spool.transports.base import CONNECTION_ENV, DEFAULT_QUEUE
-from cerbistream_spool.verify import VerifyReport
-from cerbistream_spool.verify import verify as verify_spool
+
+if TYPE_CHECKING:
+    from cerbistream_spool.verify import VerifyReport
+
+# Each command imports what only it needs where it starts (the drainer, the SDK, the
+# event encoder, watchdog), so --help, status and verify load none of them
+# (tests/test_imports.py).
 
 __all__ = ["main"]
 
@@ -150,6 +152,7 @@ def drain_cmd(
     authentication refused 3 times in a row. SIGINT/SIGTERM stop within a second
     and print the summary (without --follow: exit 130 / 143).
     """
+    from cerbistream_spool.diagnostics import Reporter  # noqa: PLC0415
     from cerbistream_spool.drain import Drainer  # noqa: PLC0415
 
     _existing(spool_dir)  # only a writer creates a spool: a typo here must not make one
@@ -377,6 +380,8 @@ def verify_cmd(
     strict: bool,
 ) -> None:
     """Check framing, checksums, chain, sequence, cursor and clean-close tail."""
+    from cerbistream_spool.verify import verify as verify_spool  # noqa: PLC0415
+
     _existing(spool_dir)
     if to_file and not replay:
         raise click.UsageError("--to needs --replay")
@@ -522,6 +527,8 @@ def _print_report(spool_dir: str, report: VerifyReport) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status_cmd(spool_dir: str, as_json: bool) -> None:
     """Lanes, segments, pending records/bytes, oldest pending age, last error."""
+    from cerbistream_spool.status import status as spool_status  # noqa: PLC0415
+
     doc = spool_status(_existing(spool_dir))
     if as_json:
         click.echo(json.dumps(doc))
@@ -559,6 +566,7 @@ def status_cmd(spool_dir: str, as_json: bool) -> None:
 def tail_cmd(spool_dir: str, follow: bool, everything: bool) -> None:
     """Print events as JSON lines (pending only unless --all)."""
     from cerbistream_spool.event import body_to_json  # noqa: PLC0415
+    from cerbistream_spool.spool.reader import SpoolReader  # noqa: PLC0415
 
     reader = SpoolReader(_existing(spool_dir), remove_idle_lanes=False, from_start=everything)
     wake = threading.Event()

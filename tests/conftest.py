@@ -50,3 +50,10 @@ def _restore_root_logger() -> Iterator[None]:
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The fast tier (``-m "not slow"``) runs the property tests with smaller budgets."""
+    import tiers  # noqa: PLC0415 - tests/ is on sys.path once pytest loaded this file
+
+    tiers.FAST_TIER = "not slow" in (config.getoption("markexpr") or "")

@@ -4,6 +4,11 @@ Every test starts its own peer on a free 127.0.0.1 port. Clients use
 ``retry_total=0`` unless a test is about the SDK's own retries, and every
 send has a ``timeout=`` so nothing can hang. The old name, ``tools.amqp_peer``,
 is a re-export kept for checkouts; the last tests pin that it stays one.
+
+Senders here run without the SDK's keep-alive thread (``keep_alive=0``), whose
+``close()`` otherwise waits out a 1 s sleep. The fast tier keeps one send with
+every recorded field, the handler end to end and a connection cut mid-batch (an
+authentication failure: tests/test_drain.py); the other SDK runs are ``slow``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ def make_client(peer: LocalPeer, **kwargs: Any) -> ServiceBusClient:
     return ServiceBusClient.from_connection_string(peer.connection_string(), **kwargs)
 
 
+def open_sender(client: ServiceBusClient) -> Any:
+    """A sender to QUEUE without the keep-alive thread (its close() sleeps up to 1 s)."""
+    return client.get_queue_sender(QUEUE, keep_alive=0)
+
+
 def contract_message(i: int = 0) -> ServiceBusMessage:
     """A message shaped like docs/CONTRACT.md §2."""
     return ServiceBusMessage(
@@ -66,7 +76,7 @@ def send_one(
     peer: LocalPeer, msg: Any, *, timeout: float = SEND_TIMEOUT, **client_kwargs: Any
 ) -> None:
     """Open a client, send ``msg`` (a message or a list = one batch), close."""
-    with make_client(peer, **client_kwargs) as client, client.get_queue_sender(QUEUE) as sender:
+    with make_client(peer, **client_kwargs) as client, open_sender(client) as sender:
         sender.send_messages(msg, timeout=timeout)
 
 
@@ -103,8 +113,9 @@ def test_single_send_is_recorded(peer: LocalPeer) -> None:
     assert peer.stats()["accepted_messages"] == 0
 
 
+@pytest.mark.slow
 def test_batch_of_200_recorded_in_order(peer: LocalPeer) -> None:
-    with make_client(peer) as client, client.get_queue_sender(QUEUE) as sender:
+    with make_client(peer) as client, open_sender(client) as sender:
         batch = sender.create_message_batch()
         for i in range(200):
             batch.add_message(contract_message(i))
@@ -139,6 +150,9 @@ def test_context_manager_helpers_and_entity_path() -> None:
 # faults
 
 
+# the fast tier: tests/test_drain.py::test_cbs_401_keeps_records_pending_and_says_... (the
+# same switch, on and off at runtime, through the drainer)
+@pytest.mark.slow
 def test_auth_fail_raises_authentication_error_then_recovers(peer: LocalPeer) -> None:
     peer.auth_fail = True
     t0 = time.monotonic()
@@ -153,9 +167,10 @@ def test_auth_fail_raises_authentication_error_then_recovers(peer: LocalPeer) ->
     assert peer.wait_for(1, timeout=5)
 
 
+@pytest.mark.slow
 def test_busy_rate_one_raises_server_busy(peer: LocalPeer) -> None:
     peer.busy_rate = 1.0
-    with make_client(peer) as client, client.get_queue_sender(QUEUE) as sender:
+    with make_client(peer) as client, open_sender(client) as sender:
         with pytest.raises(sb_exceptions.ServiceBusServerBusyError):
             sender.send_messages(contract_message(), timeout=SEND_TIMEOUT)
         assert peer.stats()["rejected_deliveries"] == 1
@@ -169,7 +184,7 @@ def test_busy_rate_one_raises_server_busy(peer: LocalPeer) -> None:
 
 def test_close_after_drops_connection_mid_batch(peer: LocalPeer) -> None:
     peer.close_after = 2  # 1st delivery accepted; the 2nd is dropped with the connection
-    with make_client(peer) as client, client.get_queue_sender(QUEUE) as sender:
+    with make_client(peer) as client, open_sender(client) as sender:
         first = sender.create_message_batch()
         for i in range(50):
             first.add_message(contract_message(i))
@@ -188,6 +203,7 @@ def test_close_after_drops_connection_mid_batch(peer: LocalPeer) -> None:
     assert peer.close_after is None  # one-shot
 
 
+@pytest.mark.slow
 def test_close_after_with_sdk_retries_resends(peer: LocalPeer) -> None:
     peer.close_after = 1
     batch = [contract_message(i) for i in range(10)]
@@ -201,6 +217,7 @@ def test_close_after_with_sdk_retries_resends(peer: LocalPeer) -> None:
 
 # The SDK (7.15, pyamqp) leaks its socket when the server cuts TCP under it;
 # that ResourceWarning is the SDK's, not the peer's.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
 def test_close_after_abort_cuts_tcp(peer: LocalPeer) -> None:
     peer.close_after = 1
@@ -212,6 +229,7 @@ def test_close_after_abort_cuts_tcp(peer: LocalPeer) -> None:
     gc.collect()  # collect the SDK's leaked socket while the filter applies
 
 
+@pytest.mark.slow
 def test_settle_delay_makes_send_time_out(peer: LocalPeer) -> None:
     peer.settle_delay = 3.0
     t0 = time.monotonic()
@@ -221,9 +239,10 @@ def test_settle_delay_makes_send_time_out(peer: LocalPeer) -> None:
     assert peer.stats()["deliveries"] == 1
 
 
+@pytest.mark.slow
 def test_stop_start_same_port(peer: LocalPeer) -> None:
     port = peer.port
-    with make_client(peer) as client, client.get_queue_sender(QUEUE) as sender:
+    with make_client(peer) as client, open_sender(client) as sender:
         sender.send_messages(contract_message(0), timeout=SEND_TIMEOUT)
 
         t0 = time.monotonic()
@@ -342,6 +361,7 @@ def test_handler_ships_to_the_peer_and_events_decodes_them(tmp_path: Path) -> No
     assert b"hunter2" not in peer.accepted()[0].body
 
 
+@pytest.mark.slow
 def test_events_skips_bodies_that_are_not_json_objects(peer: LocalPeer) -> None:
     send_one(peer, [ServiceBusMessage(b"not json"), ServiceBusMessage(b"[1]"), contract_message(1)])
     assert peer.wait_for(3, timeout=5)
@@ -363,6 +383,7 @@ def test_tools_amqp_peer_is_the_same_peer() -> None:
     assert old_main.apply_command is apply_command
 
 
+@pytest.mark.slow  # the fast tier: test_tools_amqp_peer_is_the_same_peer (the same main)
 def test_python_m_tools_amqp_peer_still_runs() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "tools.amqp_peer", "--port", "0", "--duration", "0.2"],

@@ -1,11 +1,14 @@
 """`cerbispool` as an operator meets it: the real CLI in a subprocess, no terminal.
 
-Every command runs with stdin closed and stdout a pipe. Assertions are on exit
+Commands run with stdin closed and stdout a pipe. Assertions are on exit
 codes, stderr lines and elapsed time: each command must end (within --timeout,
 within a second of SIGINT/SIGTERM, at once on an error that retrying cannot
 fix), say why in one line, and never follow a planted symlink or make a spool
 where none was. Brokers are the local AMQP peer (tools/amqp_peer) or a loopback
-socket that accepts TCP and never answers.
+socket that accepts TCP and never answers. Tests of arguments, messages and exit
+codes alone run the same command in this process (``inproc``, tests/clikit.py);
+every command keeps a real-process test, and signals, timeouts and ``python -m``
+are tested in real processes only.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from azure.servicebus.exceptions import (
     ServiceBusAuthenticationError,
     ServiceBusConnectionError,
 )
+from clikit import invoke
 from spoolkit import wait_until
 
 from cerbistream_spool import SpoolHandler
@@ -106,6 +110,13 @@ def run(
     return proc.returncode, out, err, time.monotonic() - t0
 
 
+def inproc(*args: str) -> Tuple[int, str, str, float]:
+    """``run``'s result for the command run in this process (tests/clikit.py)."""
+    t0 = time.monotonic()
+    ran = invoke(*args)
+    return ran.code, ran.out, ran.err, time.monotonic() - t0
+
+
 def summary_of(out: str) -> Dict[str, Any]:
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert lines, "no summary printed"
@@ -134,6 +145,7 @@ def one_line_error(err: str) -> str:
 @pytest.fixture(autouse=True)
 def _no_connection_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CERBISTREAM_SERVICEBUS_CONNECTION", raising=False)
+    monkeypatch.delenv("CERBISTREAM_SPOOL_KEY", raising=False)
 
 
 @pytest.fixture
@@ -281,8 +293,8 @@ def test_drainer_sweeps_stale_temp_files_when_it_takes_the_lock(spool: str, tmp_
 
 def test_drain_follow_on_a_missing_directory_exits_2_and_creates_nothing(tmp_path: Path) -> None:
     typo = tmp_path / "spoool"
-    code, _out, err, elapsed = run(
-        "drain", str(typo), "--follow", "--connection-string", conn_for(free_port()), umask=0
+    code, _out, err, elapsed = inproc(
+        "drain", str(typo), "--follow", "--connection-string", conn_for(free_port())
     )
     assert code == 2, err
     assert "not a directory" in one_line_error(err)
@@ -306,7 +318,7 @@ def test_a_directory_that_is_not_a_spool_exits_2_for_every_command(
     empty.mkdir()
     extra = ["--connection-string", conn_for(free_port())] if command == "drain" else []
     for directory in (etc_like, empty):
-        code, out, err, _ = run(command, str(directory), *extra)
+        code, out, err, _ = inproc(command, str(directory), *extra)
         assert code == 2, (command, out, err)
         assert "not a spool directory" in one_line_error(err)
     assert sorted(os.listdir(etc_like)) == ["passwd", "ssl"]  # nothing created in it
@@ -314,6 +326,7 @@ def test_a_directory_that_is_not_a_spool_exits_2_for_every_command(
 
 
 def test_a_new_empty_spool_is_still_a_spool(tmp_path: Path) -> None:
+    """Also the real-process run of status, verify and tail (drain's are below)."""
     spool = tmp_path / "new"
     (spool / "locks").mkdir(parents=True)
     code, out, err, _ = run("status", str(spool), "--json")
@@ -321,6 +334,8 @@ def test_a_new_empty_spool_is_still_a_spool(tmp_path: Path) -> None:
     assert json.loads(out)["pending_records"] == 0
     code, out, err, _ = run("verify", str(spool), "--json")
     assert code == 0, err
+    code, out, err, _ = run("tail", str(spool), "--all")
+    assert (code, out, err) == (0, "", "")
 
 
 # ---------------------------------------------------------------------------
@@ -339,7 +354,7 @@ def test_a_new_empty_spool_is_still_a_spool(tmp_path: Path) -> None:
 def test_drain_with_bad_connection_settings_exits_2_at_once_with_one_line(
     spool: str, connection: str, queue: str, says: str
 ) -> None:
-    code, _out, err, elapsed = run(
+    code, _out, err, elapsed = inproc(
         "drain", spool, "--connection-string", connection, "--queue", queue
     )
     assert code == 2, err
@@ -351,7 +366,7 @@ def test_drain_with_bad_connection_settings_exits_2_at_once_with_one_line(
 
 @pytest.mark.parametrize(
     "timeout",
-    [1.0, pytest.param(5.0, marks=pytest.mark.slow), pytest.param(20.0, marks=pytest.mark.slow)],
+    [0.5, pytest.param(5.0, marks=pytest.mark.slow), pytest.param(20.0, marks=pytest.mark.slow)],
 )
 @pytest.mark.parametrize("target", ["refused", "silent"])
 def test_drain_timeout_is_honoured_within_a_second(
@@ -498,13 +513,13 @@ def test_second_drainer_names_the_holder_and_waits_only_with_wait(
 
 
 def test_verify_replay_to_a_missing_directory_fails_at_once(spool: str, tmp_path: Path) -> None:
-    code, _out, err, elapsed = run(
+    code, _out, err, elapsed = inproc(
         "verify", spool, "--replay", "--to", str(tmp_path / "no" / "such" / "x.jsonl")
     )
     assert code == 2, err
     assert "no directory" in one_line_error(err)
     assert elapsed < 10
-    code, _out, err, _ = run("verify", spool, "--replay", "--to", str(tmp_path))
+    code, _out, err, _ = inproc("verify", spool, "--replay", "--to", str(tmp_path))
     assert code == 2
     assert "is a directory" in err
 
@@ -621,7 +636,7 @@ def test_verify_replay_to_a_full_file_exits_1_with_what_is_pending(spool: str) -
     """A replay that cannot write says how many records stay pending and exits 1."""
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
-    code, out, err, took = run("verify", spool, "--replay", "--to", "/dev/full", timeout=60)
+    code, out, err, took = inproc("verify", spool, "--replay", "--to", "/dev/full")
     assert code in (1, 2), (out, err)
     assert "pending" in err or "Error" in err
     assert took < 30
@@ -643,7 +658,9 @@ def test_drain_with_an_unlockable_drain_lock_exits_2_without_traceback(
     else:
         shutil.rmtree(locks)
         os.mkfifo(locks)
-    code, out, err, took = run("drain", spool, "--connection-string", conn_for(1), "--timeout", "5")
+    code, out, err, took = inproc(
+        "drain", spool, "--connection-string", conn_for(1), "--timeout", "5"
+    )
     assert code == 2, (out, err)
     assert "Traceback" not in err
     assert "drain lock" in one_line_error(err)
@@ -656,7 +673,7 @@ def test_drain_with_an_unlockable_drain_lock_exits_2_without_traceback(
 
 def test_h_is_help_everywhere_and_version_and_python_m_work() -> None:
     for args in ([], ["drain"], ["verify"], ["status"], ["tail"]):
-        code, out, err, _ = run(*args, "-h")
+        code, out, err, _ = inproc(*args, "-h")
         assert code == 0, err
         assert "Usage:" in out
     code, out, err, _ = run("--version")
@@ -716,6 +733,21 @@ def test_bash_completion_script_is_what_the_readme_says() -> None:
     assert "_cerbispool_completion" in completion.stdout
 
 
+def test_drain_summary_is_text_unless_json(tmp_path: Path) -> None:
+    """The format follows --json only (in-process; the real-process twin is below)."""
+    empty = tmp_path / "empty"
+    (empty / "locks").mkdir(parents=True)
+    args = ("drain", str(empty), "--connection-string", conn_for(free_port()))
+    code, out, err, _ = inproc(*args)
+    assert code == 0, err
+    assert out.startswith("delivered 0, pending 0,"), out
+    code, out, err, _ = inproc(*args, "--json")
+    assert code == 0, err
+    assert summary_of(out)["pending"] == 0
+    assert summary_of(out)["delivered"] == 0
+
+
+@pytest.mark.slow  # the format logic: test_drain_summary_is_text_unless_json
 def test_drain_summary_is_text_on_a_pipe_unless_json(spool: str) -> None:
     """The format follows --json only; stdout being a pipe does not make it JSON."""
     args = ("drain", spool, "--connection-string", conn_for(free_port()), "--timeout", "1")

@@ -7,14 +7,15 @@ is copied into ``quarantine/`` before its ack unlinks it; a ``corruption`` gap
 naming the lane and the lost seq range goes into the chain (here: the lane of
 another app the drainer runs beside), ``corrupt_records`` counts the loss and
 ``last_error``/``status`` say so. verify afterwards shows the gap and nothing
-else.
+else. The fast tier ships to a MemoryTransport (the damage handling is the
+drainer's, whatever the broker); the SDK runs are ``slow``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Tuple
+from typing import Any, Callable, Tuple
 
 import pytest
 
@@ -24,6 +25,7 @@ pytest.importorskip("azure.servicebus")
 from spoolkit import flip, frames, read_bytes, segments
 from test_drain import (  # noqa: F401 — fixtures are found by name
     FAST,
+    MemoryBroker,
     _no_connection_env,
     check_delivered,
     make_handler,
@@ -41,12 +43,14 @@ from tools.amqp_peer import LocalPeer
 SMALL_SEGMENTS = {"segment_max_bytes": 4096, "max_spool_bytes": 1 << 24, "fsync": "never"}
 
 
+@pytest.mark.parametrize("broker", ["memory", pytest.param("peer", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("where", ["payload-bit", "length-field"])
 def test_a_damaged_record_in_a_sealed_segment_is_quarantined_recorded_and_its_neighbours_shipped(
     spool_dir: str,
     peers: Callable[..., LocalPeer],  # noqa: F811
     make_handler: Callable[..., Tuple[SpoolHandler, logging.Logger]],  # noqa: F811
     where: str,
+    broker: str,
 ) -> None:
     old_app, old_log = make_handler(spool_dir, drain=False, **SMALL_SEGMENTS)  # lane 0
     live_app, live_log = make_handler(spool_dir, drain=False, **SMALL_SEGMENTS)  # lane 1
@@ -71,10 +75,9 @@ def test_a_damaged_record_in_a_sealed_segment_is_quarantined_recorded_and_its_ne
     expected = {k: v for k, v in spooled.items() if k != lost_id}
     assert len(expected) == 40  # 39 old + 1 live: the damaged one cannot be read
 
-    peer = peers()
-    drainer = Drainer.for_writer(
-        spool_dir, transport_for(peer.connection_string()), live_app.writer, **FAST
-    )
+    peer: Any = peers() if broker == "peer" else MemoryBroker()
+    transport = transport_for(peer.connection_string()) if broker == "peer" else peer.transport
+    drainer = Drainer.for_writer(spool_dir, transport, live_app.writer, **FAST)
     try:
         assert drainer.drain_until_idle(timeout=20) == 0
     finally:

@@ -6,6 +6,12 @@ LogId arrives, the body is the spooled event as UTF-8 JSON, MessageId = LogId,
 content type ``application/json`` and the four application properties.
 Duplicates (at-least-once) must carry the same MessageId and the same body.
 All waits are bounded; drainers use small backoff values.
+
+Each SDK session costs about a second of fixed waits, so the fast tier keeps the
+process-level runs (kill -9, ``drain --follow`` + SIGTERM) and one authentication
+failure; the other SDK runs are ``slow`` (CI runs them), each naming what covers
+its logic in the fast tier. CLI tests of output and exit codes run in-process
+(tests/clikit.py) and use a MemoryTransport where the broker is not the subject.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import pytest
 pytest.importorskip("proton")
 pytest.importorskip("azure.servicebus")
 
+from clikit import invoke
 from spoolkit import wait_until
 
 from cerbistream_spool import SpoolHandler, verify
@@ -234,6 +241,9 @@ def assert_spool_clean(spool_dir: str) -> None:
     assert report.pending == 0
 
 
+# the fast tier: retry then delivery (test_cbs_401_...), handler to peer end to end
+# (tests/test_amqp_peer.py::test_handler_ships_to_the_peer_and_events_decodes_them)
+@pytest.mark.slow
 def test_offline_start_then_peer_appears_delivers_everything_once(
     spool_dir: str,
     peers: Callable[..., LocalPeer],
@@ -292,7 +302,7 @@ def test_offline_start_then_peer_appears_delivers_everything_once(
 # 2. restarts during steady logging
 
 
-@pytest.mark.slow  # ~9 s; the fast tier keeps a dropped connection mid-batch (section 3)
+@pytest.mark.slow  # ~9 s; section 3 covers a dropped connection mid-batch
 def test_peer_restarted_six_times_during_steady_logging_loses_nothing(
     spool_dir: str,
     peers: Callable[..., LocalPeer],
@@ -382,6 +392,9 @@ def test_failed_connects_leave_no_socket_open() -> None:
 # 3. connection closed mid-batch + server busy
 
 
+# the fast tier: a cut mid-batch (tests/test_amqp_peer.py::test_close_after_drops_...) and
+# a re-send with the same MessageIds and bodies (test_kill_9_after_send_before_ack_...)
+@pytest.mark.slow
 def test_connection_closed_mid_batch_and_30pct_busy_lose_nothing_duplicates_identical(
     spool_dir: str,
     peers: Callable[..., LocalPeer],
@@ -530,6 +543,10 @@ def test_cbs_401_keeps_records_pending_and_says_authentication_then_recovers(
         return "authentication" in (handler.stats()["last_error"] or "").lower()
 
     assert wait_until(says_authentication, timeout=15)
+    assert wait_until(  # what `cerbispool status` shows meanwhile
+        lambda: "authentication" in (spool_status(spool_dir)["last_error"] or "").lower(),
+        timeout=2,
+    )
     stats = handler.stats()
     assert "ServiceBusAuthenticationError" in stats["last_error"]
     assert stats["drain"]["last_error"] == stats["last_error"]
@@ -543,7 +560,11 @@ def test_cbs_401_keeps_records_pending_and_says_authentication_then_recovers(
     peer.auth_fail = False
     handler.drainer_wake()
     assert peer.wait_for(25, timeout=15)
-    assert wait_until(lambda: handler.stats()["pending_records"] == 0, timeout=5)
+    # the cursor moves (pending 0) a moment before the drainer clears last_error
+    assert wait_until(
+        lambda: handler.stats()["pending_records"] == 0 and handler.stats()["last_error"] is None,
+        timeout=5,
+    ), handler.stats()
     check_delivered(peer.accepted(), built)
     stats = handler.stats()
     assert stats["last_error"] is None
@@ -552,6 +573,7 @@ def test_cbs_401_keeps_records_pending_and_says_authentication_then_recovers(
     assert verify(spool_dir).valid
 
 
+@pytest.mark.slow  # test_cbs_401_... checks the status too
 def test_status_shows_authentication_error_while_the_drainer_keeps_failing(
     spool_dir: str,
     peers: Callable[..., LocalPeer],
@@ -574,12 +596,46 @@ def test_status_shows_authentication_error_while_the_drainer_keeps_failing(
 # 6. oversize event → dead-letter
 
 
+class MemoryBroker:
+    """A MemoryTransport with the peer's 1 MiB limit, read back like a peer."""
+
+    def __init__(self) -> None:
+        self.transport = MemoryTransport(max_message_bytes=1024 * 1024)
+
+    def accepted(self) -> List[Any]:
+        return [Accepted(QUEUE, m) for m in self.transport.messages]
+
+
+class Accepted:
+    """An OutgoingMessage as check_delivered reads a peer's AcceptedMessage."""
+
+    def __init__(self, entity: str, message: Any) -> None:
+        self.entity = entity
+        self.message_id = message.message_id
+        self.body = message.body
+        self.content_type = message.content_type
+        self.application_properties = message.application_properties
+
+
+@pytest.mark.parametrize("broker", ["memory", pytest.param("peer", marks=pytest.mark.slow)])
 def test_oversize_event_is_dead_lettered_and_the_rest_flows(
     spool_dir: str,
     peers: Callable[..., LocalPeer],
     make_handler: Callable[..., Tuple[SpoolHandler, logging.Logger]],
+    broker: str,
 ) -> None:
-    peer = peers()  # max message size 1 MiB
+    """The SDK's size refusal ("peer", slow) or a transport's rejection ("memory")."""
+    if broker == "peer":
+        peer: Any = peers()  # max message size 1 MiB
+
+        def transport() -> Any:
+            return transport_for(peer.connection_string())
+    else:
+        peer = MemoryBroker()
+
+        def transport() -> Any:
+            return peer.transport
+
     handler, log = make_handler(spool_dir, drain=False)
     for i in range(5):
         log.info("before %d", i, extra={"i": i})
@@ -597,9 +653,7 @@ def test_oversize_event_is_dead_lettered_and_the_rest_flows(
         if r.value()["LogId"] == huge_id
     )
 
-    drainer = Drainer.for_writer(
-        spool_dir, transport_for(peer.connection_string()), handler.writer, **FAST
-    )
+    drainer = Drainer.for_writer(spool_dir, transport(), handler.writer, **FAST)
     try:
         assert drainer.drain_until_idle(timeout=20) == 0
     finally:
@@ -615,15 +669,13 @@ def test_oversize_event_is_dead_lettered_and_the_rest_flows(
     assert doc["message_id"] == huge_id
     assert doc["seq"] == huge_seq
     assert json.loads(doc["body"]) == huge
-    assert "limit" in doc["reason"]
+    assert ("limit" if broker == "peer" else "max_message_bytes") in doc["reason"]
 
     log.info("later")  # the queue is not blocked behind it
     handler.flush()
     later = pending_events(spool_dir)
     assert len(later) == 1
-    drainer = Drainer.for_writer(
-        spool_dir, transport_for(peer.connection_string()), handler.writer, **FAST
-    )
+    drainer = Drainer.for_writer(spool_dir, transport(), handler.writer, **FAST)
     try:
         assert drainer.drain_until_idle(timeout=10) == 0
     finally:
@@ -780,6 +832,28 @@ def _closed_spool(
     return spooled_events(d)
 
 
+def test_cli_drain_exits_2_without_a_connection_and_0_with_nothing_pending(
+    spool_dir: str,
+    tmp_path: Path,
+    make_handler: Callable[..., Tuple[SpoolHandler, logging.Logger]],
+) -> None:
+    """In-process; the real-process run against a peer is the next test (slow)."""
+    _closed_spool(make_handler, spool_dir, 3)
+    no_conn = invoke("drain", spool_dir, "--json")
+    assert no_conn.code == 2
+    assert "connection string" in no_conn.err
+    assert len(pending_events(spool_dir)) == 3
+
+    empty = tmp_path / "empty"
+    (empty / "locks").mkdir(parents=True)
+    done = invoke("drain", str(empty), "--connection-string", conn_for(free_port()), "--json")
+    assert done.code == 0, done.err
+    assert last_json_line(done.out)["pending"] == 0
+
+
+# the fast tier: exit 2 and 0 above, exit 1 on a timeout with records left
+# (tests/test_cli.py::test_drain_timeout_is_honoured_within_a_second)
+@pytest.mark.slow
 def test_cli_drain_exit_codes_2_without_connection_1_when_peer_down_0_when_all_shipped(
     spool_dir: str,
     peers: Callable[..., LocalPeer],
@@ -822,7 +896,6 @@ def test_cli_drain_exit_codes_2_without_connection_1_when_peer_down_0_when_all_s
 
 def test_cli_status_json_reports_pending_records_bytes_age_and_lanes(
     spool_dir: str,
-    peers: Callable[..., LocalPeer],
     make_handler: Callable[..., Tuple[SpoolHandler, logging.Logger]],
 ) -> None:
     handler, log = make_handler(spool_dir, drain=False)
@@ -830,10 +903,10 @@ def test_cli_status_json_reports_pending_records_bytes_age_and_lanes(
         log.info("status %d", i)
     handler.flush()
 
-    # (the status process starts well after the last append: its oldest age is > 0)
-    res = cli("status", spool_dir, "--json")
-    assert res.returncode == 0, res.stderr
-    doc = json.loads(res.stdout)
+    time.sleep(0.01)  # the oldest pending age is > 0 at a clock of 1 ms or coarser
+    res = invoke("status", spool_dir, "--json")
+    assert res.code == 0, res.err
+    doc = json.loads(res.out)
     assert doc["spool_dir"] == os.path.abspath(spool_dir)
     assert doc["pending_records"] >= 7
     assert doc["pending_bytes"] > 0
@@ -849,15 +922,12 @@ def test_cli_status_json_reports_pending_records_bytes_age_and_lanes(
     # nothing acknowledged yet: every byte but the segment headers is pending
     assert lane["bytes"] == doc["spool_bytes"] == doc["pending_bytes"] + 68 * lane["segments"]
 
-    peer = peers()
-    drainer = Drainer.for_writer(
-        spool_dir, transport_for(peer.connection_string()), handler.writer, **FAST
-    )
+    drainer = Drainer.for_writer(spool_dir, MemoryTransport(), handler.writer, **FAST)
     try:
         assert drainer.drain_until_idle(timeout=10) == 0
     finally:
         drainer.close()
-    doc = json.loads(cli("status", spool_dir, "--json").stdout)
+    doc = json.loads(invoke("status", spool_dir, "--json").out)
     assert doc["pending_records"] == 0
     assert doc["pending_bytes"] == 0
     assert doc["oldest_pending_age_s"] is None
@@ -876,18 +946,15 @@ def test_status_pending_records_counts_pending_events_only(
 
 def test_cli_tail_prints_pending_only_and_all_includes_delivered_still_on_disk(
     spool_dir: str,
-    peers: Callable[..., LocalPeer],
     make_handler: Callable[..., Tuple[SpoolHandler, logging.Logger]],
 ) -> None:
-    peer = peers()
+    peer = MemoryBroker()
     handler, log = make_handler(spool_dir, drain=False)
     for i in range(3):
         log.info("shipped %d", i)
     handler.flush()
     shipped = pending_events(spool_dir)
-    drainer = Drainer.for_writer(
-        spool_dir, transport_for(peer.connection_string()), handler.writer, **FAST
-    )
+    drainer = Drainer.for_writer(spool_dir, peer.transport, handler.writer, **FAST)
     try:
         assert drainer.drain_until_idle(timeout=10) == 0
     finally:
@@ -899,14 +966,14 @@ def test_cli_tail_prints_pending_only_and_all_includes_delivered_still_on_disk(
     waiting = pending_events(spool_dir)
     assert len(waiting) == 2
 
-    res = cli("tail", spool_dir)
-    assert res.returncode == 0, res.stderr
-    lines = [json.loads(ln) for ln in res.stdout.splitlines()]
+    res = invoke("tail", spool_dir)
+    assert res.code == 0, res.err
+    lines = [json.loads(ln) for ln in res.out.splitlines()]
     assert lines == list(waiting.values())  # pending only, in order
 
-    res = cli("tail", spool_dir, "--all")
-    assert res.returncode == 0, res.stderr
-    lines = [json.loads(ln) for ln in res.stdout.splitlines()]
+    res = invoke("tail", spool_dir, "--all")
+    assert res.code == 0, res.err
+    lines = [json.loads(ln) for ln in res.out.splitlines()]
     assert lines == [*shipped.values(), *waiting.values()]
 
 
@@ -918,9 +985,9 @@ def test_cli_verify_replay_to_file_writes_pending_events_then_none_are_pending(
     spooled = _closed_spool(make_handler, spool_dir, 9)
     out_file = tmp_path / "replayed.jsonl"
 
-    res = cli("verify", spool_dir, "--json", "--replay", "--to", str(out_file))
-    assert res.returncode == 0, res.stderr
-    doc = json.loads(res.stdout)
+    res = invoke("verify", spool_dir, "--json", "--replay", "--to", str(out_file))
+    assert res.code == 0, res.err
+    doc = json.loads(res.out)
     assert doc["valid"] is True
     assert doc["pending"] == 9  # what verify saw before the replay
     assert doc["replayed"] == 9
@@ -928,11 +995,11 @@ def test_cli_verify_replay_to_file_writes_pending_events_then_none_are_pending(
     assert lines == list(spooled.values())
 
     assert pending_events(spool_dir) == {}
-    res = cli("verify", spool_dir, "--json")
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["pending"] == 0
-    assert cli("tail", spool_dir).stdout == ""
-    assert json.loads(cli("status", spool_dir, "--json").stdout)["pending_records"] == 0
+    res = invoke("verify", spool_dir, "--json")
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["pending"] == 0
+    assert invoke("tail", spool_dir).out == ""
+    assert json.loads(invoke("status", spool_dir, "--json").out)["pending_records"] == 0
 
 
 def test_the_error_has_ended_by_the_time_the_records_leave_pending(spool_dir: str) -> None:

@@ -5,6 +5,10 @@ credential)``, against the local peer: it answers the CBS put-token of a JWT
 (what a credential's ``get_token`` returns) as it answers a SAS token. No
 azure-identity network: credentials here are objects with ``get_token``, and
 ``DefaultAzureCredential`` is a stand-in module where the default is tested.
+
+The fast tier keeps one SDK session (the handler with a token credential) and runs
+the CLI's argument checks in-process (tests/clikit.py); the CLI's sign-in runs in
+real processes are ``slow`` (CI runs them).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ pytest.importorskip("proton")
 pytest.importorskip("azure.servicebus")
 
 from azure.core.credentials import AccessToken
+from clikit import invoke
 from spoolkit import wait_until
 
 from cerbistream_spool import SpoolHandler
@@ -108,6 +113,7 @@ def test_handler_ships_with_a_namespace_and_a_token_credential(
     assert len(peer.accepted()) == 5
 
 
+@pytest.mark.slow  # the fast tier: test_handler_ships_with_a_namespace_and_a_token_credential
 def test_without_a_credential_the_handler_uses_default_azure_credential_made_once(
     spool_dir: str, peer: LocalPeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,6 +223,9 @@ def cli(env: Dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# the fast tier: the handler's sign-in with a credential (above) and --namespace's argument
+# checks (below, in-process)
+@pytest.mark.slow
 def test_cli_drain_namespace_signs_in_with_default_azure_credential(
     tmp_path: Path, spool_dir: str, peer: LocalPeer
 ) -> None:
@@ -231,6 +240,7 @@ def test_cli_drain_namespace_signs_in_with_default_azure_credential(
     assert scopes[0][0].startswith(SCOPE)
 
 
+@pytest.mark.slow  # as test_cli_drain_namespace_signs_in_with_default_azure_credential
 def test_cli_verify_replay_namespace_ships_a_copied_spool(
     tmp_path: Path, spool_dir: str, peer: LocalPeer
 ) -> None:
@@ -243,17 +253,14 @@ def test_cli_verify_replay_namespace_ships_a_copied_spool(
 
 
 def test_cli_namespace_without_the_identity_extra_exits_2_with_the_install_line(
-    tmp_path: Path, spool_dir: str
+    spool_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_spool(spool_dir, 1)
-    env = cli_env(tmp_path, with_stub=False)
-    probe = [sys.executable, "-c", "import azure.identity"]
-    if subprocess.run(probe, env=env, capture_output=True, check=False).returncode == 0:
-        pytest.skip("azure-identity is installed here")
-    done = cli(env, "drain", spool_dir, "--namespace", "example.servicebus.windows.net")
-    assert done.returncode == 2, done.stderr
-    assert "pip install 'cerbistream_spool[identity]'" in done.stderr
-    assert "Traceback" not in done.stderr
+    monkeypatch.setitem(sys.modules, "azure.identity", None)  # import fails: extra not installed
+    done = invoke("drain", spool_dir, "--namespace", "example.servicebus.windows.net")
+    assert done.code == 2, done.err
+    assert "pip install 'cerbistream_spool[identity]'" in done.err
+    assert "Traceback" not in done.err
 
 
 @pytest.mark.parametrize("command", ["drain", "verify"])
@@ -262,8 +269,7 @@ def test_cli_connection_string_and_namespace_together_exit_2(
 ) -> None:
     make_spool(spool_dir, 1)
     extra = ["--replay"] if command == "verify" else []
-    done = cli(
-        cli_env(tmp_path, with_stub=False),
+    done = invoke(
         command,
         spool_dir,
         *extra,
@@ -272,5 +278,5 @@ def test_cli_connection_string_and_namespace_together_exit_2(
         "--namespace",
         "x.servicebus.windows.net",
     )
-    assert done.returncode == 2, done.stderr
-    assert "not both" in done.stderr
+    assert done.code == 2, done.err
+    assert "not both" in done.err

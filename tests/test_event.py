@@ -22,6 +22,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiers import examples
 
 from cerbistream_spool.context import (
     get_correlation_id,
@@ -297,7 +298,7 @@ def test_timestamp_rounding_matches_datetime_fromtimestamp(created: float) -> No
     assert TIMESTAMP.match(format_timestamp(created))
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500, fast=100))
 @given(created=st.floats(min_value=0, max_value=4102444800, allow_nan=False, allow_infinity=False))
 def test_timestamp_matches_datetime_for_any_created(created: float) -> None:
     assert format_timestamp(created) == _reference_timestamp(created)
@@ -684,7 +685,7 @@ extra_names = st.text(st.characters(exclude_categories=()), min_size=1, max_size
 )
 
 
-@settings(max_examples=300 if IN_CI else 100, deadline=None)
+@settings(max_examples=examples(300 if IN_CI else 100, fast=30), deadline=None)
 @given(extras=st.dictionaries(extra_names, json_tree, max_size=6), relaxed=st.booleans())
 def test_any_extras_round_trip_through_msgpack_and_json(
     extras: Dict[str, Any], relaxed: bool
@@ -905,7 +906,7 @@ def shared_encoder(options: Dict[str, Any], governance: Optional[Governance]) ->
     return _ENCODERS[key]
 
 
-@settings(max_examples=500 if IN_CI else 150, deadline=None)
+@settings(max_examples=examples(500 if IN_CI else 150, fast=40), deadline=None)
 @given(
     level=st.one_of(
         st.sampled_from([0, 5, 10, 19, 20, 25, 30, 40, 45, 50, 60]), st.integers(-(2**70), 2**70)
@@ -972,7 +973,7 @@ def test_encoder_bytes_equal_encode_body_of_build_event(
     assert len(first) == len(second)
 
 
-@settings(max_examples=300 if IN_CI else 100, deadline=None)
+@settings(max_examples=examples(300 if IN_CI else 100, fast=30), deadline=None)
 @given(
     extras=special_extras,
     governance=st.sampled_from([ENCODER_GOVERNANCE, PATTERN_GOVERNANCE]),
@@ -991,7 +992,7 @@ def test_encoder_bytes_equal_the_reference_for_governed_and_renamed_fields(
     assert_encoder_bytes_equal_build_event(encoder, record, governance)  # memoised
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200, fast=50), deadline=None)
 @given(
     shapes=st.lists(
         st.dictionaries(

@@ -4,6 +4,8 @@ The convention each example follows (README "Recipes"): offline (``drain=False``
 spool directory ``./spool-example`` relative to the working directory, one record
 carrying the secret ``hunter2`` in a field named ``password``, one summary line,
 exit 0 within about 10 s. Each runs in a fresh temporary working directory.
+The fast tier runs the stdlib and structlog recipes; the Django, FastAPI and loguru
+ones spend 1-3 s importing those and are ``slow`` (CI runs every recipe).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))
 SECRET = b"hunter2"
+FRAMEWORK_HEAVY = {"django_app", "fastapi_app", "loguru_app"}
 
 
 def test_there_are_examples() -> None:
@@ -25,7 +28,13 @@ def test_there_are_examples() -> None:
     assert {"django_app.py", "fastapi_app.py"} <= names
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize(
+    "example",
+    [
+        pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem in FRAMEWORK_HEAVY else [])
+        for p in EXAMPLES
+    ],
+)
 def test_example_runs_offline_and_the_secret_never_reaches_the_disk(
     example: Path, tmp_path: Path
 ) -> None:

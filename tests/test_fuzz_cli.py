@@ -14,6 +14,7 @@ import random
 import msgpack
 import pytest
 from click.testing import CliRunner
+from tiers import examples
 
 from cerbistream_spool.cli import main
 from cerbistream_spool.spool import SpoolWriter
@@ -22,7 +23,7 @@ from tools.fuzz_cli import DAMAGE, hostile_body, make_pristine, run_cases
 
 
 def test_fuzz_reading_commands_fast_tier(tmp_path) -> None:
-    failures = run_cases(range(20), str(tmp_path))
+    failures = run_cases(range(examples(20, fast=8)), str(tmp_path))  # every kind of damage
     assert not failures, "\n".join(failures)
 
 
@@ -30,7 +31,8 @@ def test_fuzz_a_damaged_losses_ledger_never_gives_a_traceback(tmp_path) -> None:
     """``losses/ledger`` with hostile entries, damaged frames, a hostile header, random
     bytes, or a directory or symlink in its place (tools/fuzz_cli.py ``ledger``)."""
     ledger = DAMAGE.index("ledger")
-    failures = run_cases(range(ledger, ledger + 20 * len(DAMAGE), len(DAMAGE)), str(tmp_path))
+    cases = examples(20, fast=6)
+    failures = run_cases(range(ledger, ledger + cases * len(DAMAGE), len(DAMAGE)), str(tmp_path))
     assert not failures, "\n".join(failures)
 
 

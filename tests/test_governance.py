@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiers import examples
 
 from cerbistream_spool.errors import GovernanceConfigError
 from cerbistream_spool.governance import (
@@ -298,7 +299,7 @@ extras_strategy = st.dictionaries(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200, fast=50), deadline=None)
 @given(extras=extras_strategy)
 def test_check_and_redact_never_mutate_and_leave_no_matched_value(extras: Dict[str, Any]) -> None:
     gov = load_governance(GOLDEN / "contract_governance.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -16,16 +17,18 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
+from faulty_fs import FaultyFileSystem
 from spoolkit import read_all, wait_until
 
 from cerbistream_spool import GovernanceConfigError, SpoolConfigError, verify
 from cerbistream_spool.diagnostics import Reporter
 from cerbistream_spool.event import build_event
 from cerbistream_spool.handler import SpoolHandler
-from cerbistream_spool.spool import SpoolWriter
+from cerbistream_spool.spool import SpoolWriter, fsio
 from cerbistream_spool.spool import writer as spool_writer
 from cerbistream_spool.spool.lanes import LANES_DIR
 from cerbistream_spool.spool.record import encode_body
+from cerbistream_spool.spool.segments import SEGMENT_SUFFIX
 
 MakeHandler = Callable[..., Tuple[SpoolHandler, logging.Logger]]
 REPO = Path(__file__).resolve().parent.parent
@@ -236,7 +239,7 @@ def test_a_debug_log_file_beside_the_governance_file_does_not_feed_back(tmp_path
         logging.basicConfig(level=logging.DEBUG,
                             handlers=[handler, logging.FileHandler("app.log")])
         logging.getLogger("app").info("one line")
-        time.sleep(1.0)  # a feedback loop writes thousands of lines in this second
+        time.sleep(0.3)  # a feedback loop writes hundreds of lines in this time
         print(handler.stats()["accepted"])
         """
     )
@@ -545,25 +548,13 @@ def test_last_error_clears_when_the_condition_ends_and_last_error_at_stays(
 def test_a_write_error_clears_once_a_record_is_spooled_again(
     spool_dir: str, make_handler: MakeHandler
 ) -> None:
-    handler, logger = make_handler(spool_dir, tenant_id="t", app_name="a", drain=False)
-    writer = handler.writer
-    assert writer is not None
-    real_write = os.write
-    failing = {"on": True}
-
-    def write(fd: int, data: Any) -> int:
-        if failing["on"] and fd == writer._seg.fd:
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
-
-    try:
-        os.write = write  # type: ignore[assignment]
+    with fsio.use(FaultyFileSystem()) as faults:  # before the lane opens: it knows its paths
+        handler, logger = make_handler(spool_dir, tenant_id="t", app_name="a", drain=False)
+        faults.fail("write", "*" + SEGMENT_SUFFIX, errno.ENOSPC, times=-1)
         logger.info("lost to a full disk")
         assert "No space left" in str(handler.stats()["last_error"])
-        failing["on"] = False
+        faults.clear()
         logger.info("spooled")
-    finally:
-        os.write = real_write
     stats = handler.stats()
     handler.close()
     assert stats["last_error"] is None

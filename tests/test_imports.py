@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Set
 
 import cerbistream_spool
+
+# what only some commands need: the encoder (and governance, regex), the drainer, the SDK
+_HEAVY = (
+    "cerbistream_spool.event",
+    "cerbistream_spool.governance",
+    "regex",
+    "cerbistream_spool.drain",
+    "cerbistream_spool.handler",
+    "cerbistream_spool.transports.servicebus",
+    "azure",
+    "watchdog",
+)
+
+
+def _loaded_after(code: str, modules: tuple = _HEAVY) -> List[str]:  # type: ignore[type-arg]
+    """Which of ``modules`` a fresh interpreter has loaded after running ``code``."""
+    probe = (
+        f"import json, sys\n{code}\nprint(json.dumps([m for m in {modules!r} if m in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def test_every_public_name_resolves_to_what_its_module_defines() -> None:
@@ -103,3 +127,24 @@ def test_the_drainer_and_the_spool_import_nothing_of_the_handler() -> None:
     for module, imports in graph.items():
         if module == "cerbistream_spool.drain" or module.startswith("cerbistream_spool.spool"):
             assert handler not in imports, module
+
+
+def test_the_transport_constants_load_neither_the_encoder_nor_any_transport() -> None:
+    modules = (*_HEAVY, "cerbistream_spool.transports.jsonl", "cerbistream_spool.transports.memory")
+    assert (
+        _loaded_after("from cerbistream_spool.transports.base import DEFAULT_QUEUE", modules) == []
+    )
+    assert _loaded_after("from cerbistream_spool.transports import JsonlTransport") == []
+
+
+def test_cli_help_status_and_verify_load_no_encoder_drainer_or_sdk(tmp_path: Path) -> None:
+    """One interpreter runs the three in turn: none of them loaded any of ``_HEAVY``."""
+    (tmp_path / "locks").mkdir()  # an empty spool (docs/FORMAT.md §1)
+    runs = [["--help"], ["status", str(tmp_path)], ["verify", str(tmp_path)]]
+    code = (
+        "from cerbistream_spool.cli import main\n"
+        f"for args in {runs!r}:\n"
+        "    try:\n        main(args, prog_name='cerbispool')\n"
+        "    except SystemExit as e:\n        assert not e.code, (args, e.code)"
+    )
+    assert _loaded_after(code) == []

@@ -8,6 +8,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spoolkit import SMALL, build, event_ids, flip, frames, read_all, read_bytes, segments
+from tiers import examples
 
 from cerbistream_spool import verify
 from cerbistream_spool.spool import Kind, SpoolReader, SpoolWriter
@@ -119,7 +120,9 @@ def test_an_interrupted_cursor_update_leaves_the_cursor_intact(spool_dir: str) -
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(40, fast=10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(blob=st.binary(max_size=3000), keep=st.integers(0, 4000))
 def test_opening_never_fails_or_loops_on_any_last_segment(

@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from tiers import examples
 
 from cerbistream_spool import verify
 from cerbistream_spool.spool import Kind, SpoolConfig, SpoolReader, SpoolWriter
@@ -38,7 +39,7 @@ values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300, fast=60), deadline=None)
 @given(value=values, seq=st.integers(1, 2**64 - 1), key=st.sampled_from([None, b"k"]))
 def test_any_msgpack_value_round_trips_through_a_frame(value: Any, seq: int, key: Any) -> None:
     chain = Chain(key)
@@ -58,7 +59,7 @@ def test_any_msgpack_value_round_trips_through_a_frame(value: Any, seq: int, key
     assert chain.matches(GENESIS, rec.canonical(), rec.hash)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25, fast=8), deadline=None)
 @given(events=st.lists(st.dictionaries(st.text(max_size=8), values, max_size=4), max_size=20))
 def test_any_events_round_trip_through_writer_and_reader(events: List[Dict[str, Any]]) -> None:
     spool_dir = tempfile.mkdtemp()
@@ -128,4 +129,6 @@ class SpoolModel(RuleBasedStateMachine):
 
 
 TestSpoolModel = SpoolModel.TestCase
-TestSpoolModel.settings = settings(max_examples=30, stateful_step_count=25, deadline=None)
+TestSpoolModel.settings = settings(
+    max_examples=examples(30, fast=8), stateful_step_count=25, deadline=None
+)

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spool_child import soak
 from spoolkit import SMALL, build, flip, frames, read_bytes, segments, size
+from tiers import examples
 
 from cerbistream_spool import verify
 from cerbistream_spool.cli import main
@@ -58,7 +59,9 @@ def test_a_cleanly_closed_spool_verifies(spool: str) -> None:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(60, fast=15),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())
 def test_any_single_byte_flip_is_reported_with_kind_and_place(
@@ -305,7 +308,9 @@ def test_acked_and_deleted_segments_are_not_missing(spool: str) -> None:
 
 
 @settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(80, fast=20),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(blob=st.binary(max_size=600), where=st.sampled_from(["segment", "cursor", "new-lane"]))
 def test_verify_never_crashes_on_arbitrary_bytes(

@@ -1,12 +1,16 @@
-"""The Transport protocol and the queue message built from a record (docs/CONTRACT.md §2)."""
+"""The Transport protocol and the queue message built from a record (docs/CONTRACT.md §2).
+
+Light on purpose: the CLI reads the queue and connection defaults from here, so the
+event encoder (and with it governance and regex) loads on the first message built.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
-from cerbistream_spool.event import event_to_json
-from cerbistream_spool.spool.record import Record
+if TYPE_CHECKING:
+    from cerbistream_spool.spool.record import Record
 
 __all__ = [
     "CONNECTION_ENV",
@@ -61,6 +65,8 @@ class Transport(Protocol):
 
 def message_for_record(lane: int, record: Record) -> OutgoingMessage:
     """The queue message for an event record; MessageId is its LogId."""
+    from cerbistream_spool.event import event_to_json  # noqa: PLC0415 - light module
+
     event = record.value()
     if not isinstance(event, dict):
         event = {"value": event}
