@@ -352,6 +352,20 @@ def _key_text(key: Any) -> Optional[str]:
     return None
 
 
+def _reach(trie: Dict[str, _Node], key: Any) -> Tuple[Tuple[_Node, ...], bool]:
+    """The trie nodes ``key`` reaches, and whether it reached its end: a segment itself
+    is its node; ``a.b`` is the path a → b (as far as the trie goes), ``k~2`` (the name the
+    event builder gives a key whose text was taken) is ``k``; a key that is no text
+    reaches none."""
+    text = _key_text(key)
+    if text is None:
+        return (), False
+    node = trie.get(text)
+    if node is not None:
+        return (node,), True
+    return _chain(trie, text)
+
+
 def _chain(trie: Dict[str, _Node], text: str) -> Tuple[Tuple[_Node, ...], bool]:
     """The trie nodes a key that is not a segment itself reaches, and whether it reached
     its end: ``a.b`` is the path a → b (as far as the trie goes), ``k~2`` (the name the
@@ -387,28 +401,18 @@ def _walk(
 ) -> Optional[Dict[int, Violation]]:
     """Add the violations of ``trie`` found in ``mapping`` to ``hits`` (created on first hit)."""
     for key, value in mapping.items():
-        text = _key_text(key)
-        if text is None:
+        nodes, complete = _reach(trie, key)
+        if not nodes:
             continue
-        node = trie.get(text)
-        if node is None:
-            nodes, complete = _chain(trie, text)
-            if not nodes:
-                continue
-            for passed in nodes:
-                if passed.hits:
-                    if hits is None:
-                        hits = {}
-                    for position, violation in passed.hits:
-                        hits[position] = violation
-            if not complete:
-                continue
-            node = nodes[-1]
-        elif node.hits:
-            if hits is None:
-                hits = {}
-            for position, violation in node.hits:
-                hits[position] = violation
+        for passed in nodes:
+            if passed.hits:
+                if hits is None:
+                    hits = {}
+                for position, violation in passed.hits:
+                    hits[position] = violation
+        if not complete:
+            continue
+        node = nodes[-1]
         if node.children and depth < _MAX_WALK_DEPTH:
             if value.__class__ is dict or isinstance(value, Mapping):
                 hits = _walk(value, node.children, hits, depth + 1)
@@ -466,19 +470,14 @@ def _redact(
     """A copy of ``mapping`` with the ``trie`` paths redacted, or None when none is present."""
     out: Optional[Dict[Any, Any]] = None
     for key, value in mapping.items():
-        text = _key_text(key)
-        if text is None:
+        nodes, complete = _reach(trie, key)
+        hit = next((n for n in nodes if n.hits), None)
+        if hit is not None:  # a rule names this key or a path it lies under
+            node = hit
+        elif complete and nodes:
+            node = nodes[-1]
+        else:
             continue
-        node = trie.get(text)
-        if node is None:
-            nodes, complete = _chain(trie, text)
-            hit = next((n for n in nodes if n.hits), None)
-            if hit is not None:  # a rule names this key or a path it lies under
-                node = hit
-            elif complete and nodes:
-                node = nodes[-1]
-            else:
-                continue
         new_value: Any
         if node.hits:
             new_value = REDACTED

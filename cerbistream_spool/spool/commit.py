@@ -57,12 +57,7 @@ class GroupCommit:
                         if d.stop_event.is_set():
                             return
                         d.work.wait()
-                try:
-                    d.sync()
-                except OSError as exc:  # sync told the waiters; the next record retries
-                    d.report(f"fsync failed: {exc}")
-                else:
-                    d.report(None)
+                d.sync_and_report()  # a failure was told to the waiters; the next record retries
 
         return commit_loop
 
@@ -85,13 +80,7 @@ class IntervalFlush:
 
         def flush_loop() -> None:
             while not d.stop_event.wait(interval):
-                try:
-                    d.sync()
-                    d.idle()
-                except OSError as exc:
-                    d.report(f"fsync failed: {exc}")
-                else:
-                    d.report(None)
+                d.sync_and_report(then=d.idle)
 
         return flush_loop
 
@@ -208,6 +197,17 @@ class Durability:
                 else:
                     self.failed = (upto, f"fsync failed: {sys.exc_info()[1]}")
                 self.cond.notify_all()
+
+    def sync_and_report(self, then: Optional[Callable[[], None]] = None) -> None:
+        """A background round: :meth:`sync` (then ``then``), reporting the error or its end."""
+        try:
+            self.sync()
+            if then is not None:
+                then()
+        except OSError as exc:
+            self.report(f"fsync failed: {exc}")
+        else:
+            self.report(None)
 
     def await_durable(self, seq: int) -> None:
         """:class:`GroupCommit`: have the committer fsync, return once ``seq`` is on disk.
