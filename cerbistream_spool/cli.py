@@ -51,7 +51,37 @@ class CommandError(click.ClickException):
     exit_code = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The group: an OSError no command handled (stdout on a full disk, an I/O error) is
+    one ``Error:`` line and exit 2, never a traceback. A closed pipe stays click's."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:  # click itself ends a closed pipe (EPIPE): exit 1, no message
+            if exc.filename is None:  # a write to stdout (help and --version too)
+                _silence_stdout()
+                text = f"cannot write the output: {exc.strerror or exc}"
+            else:
+                text = str(exc)
+            click.echo(f"Error: {text}", err=True)
+            sys.exit(CommandError.exit_code)
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so the interpreter's last flush of stdout cannot fail."""
+    try:
+        fd = sys.stdout.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):  # no real stdout (in-process runners): nothing to do
+        return
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 # the version the code carries: a source tree without installed metadata has it too
 @click.version_option(__version__, prog_name="cerbispool")
 def main() -> None:

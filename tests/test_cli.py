@@ -757,3 +757,21 @@ def test_drain_summary_is_text_on_a_pipe_unless_json(spool: str) -> None:
     code, out, err, _ = run(*args, "--json")
     assert code == 1, err
     assert summary_of(out)["pending"] == 5
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["--help"], ["status", "{spool}"], ["tail", "{spool}", "--all"]])
+def test_stdout_on_a_full_device_is_one_error_line_and_exit_2(spool: str, args: List[str]) -> None:
+    """A full log partition behind stdout: no traceback (a real process: the last flush of
+    stdout at exit must not fail either)."""
+    with open("/dev/full", "w") as full:
+        res = subprocess.run(
+            [*CLI, *(a.format(spool=spool) for a in args)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=60,
+        )
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == ["Error: cannot write the output: No space left on device"]
