@@ -20,12 +20,13 @@ from typing import Dict, Optional, TextIO, Tuple
 
 __all__ = ["Reporter", "guard", "mark_internal_thread"]
 
-guard = threading.local()  # .active: this thread is inside emit, or is one of our workers
+guard = threading.local()  # .active: inside emit or one of our workers; .internal: a worker
 
 
 def mark_internal_thread() -> None:
     """Records logged from the calling thread are never spooled (drainer, watcher threads)."""
     guard.active = True
+    guard.internal = True
 
 
 class Reporter:

@@ -175,6 +175,8 @@ class SpoolHandler(logging.Handler):
         self._governance.on_timeout(self._scan_timed_out)
         self._dropped = 0
         self._suppressed = 0
+        self._reentered = 0  # app records logged on this thread while it was inside emit
+        self._reentered_noted = 0  # ... of which a gap record is owed already
         self._last_error: Optional[str] = None
         self._error_kind: Optional[str] = None  # what ends self._last_error (_APPEND_ERRORS...)
         self._last_error_at: Optional[float] = None
@@ -191,8 +193,14 @@ class SpoolHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Check, build and spool ``record``; never raises, never blocks on the network."""
-        if getattr(guard, "active", False):
-            self._suppressed += 1  # re-entrant call or one of our own threads: never recurse
+        if getattr(guard, "active", False):  # never recurse
+            if getattr(guard, "internal", False):
+                self._suppressed += 1  # one of our own threads (SDK, watchdog): by design
+            else:
+                # the app logged while this thread was inside emit: a signal handler, or a
+                # value's __str__ that logs. The writer's lock may be held below us, so it
+                # is counted here (no lock) and its gap owed by the emit it interrupted.
+                self._reentered += 1
             return
         guard.active = True
         try:
@@ -200,6 +208,8 @@ class SpoolHandler(logging.Handler):
         except Exception:  # noqa: BLE001 — the app must never see our failures
             self.handleError(record)
         finally:
+            if self._reentered != self._reentered_noted:
+                self._note_reentered()
             guard.active = False
 
     def handle(self, record: logging.LogRecord) -> Any:
@@ -225,6 +235,8 @@ class SpoolHandler(logging.Handler):
             writer.note_loss("emit-error", 1, f"record dropped: {self._last_error}")
         elif not self._closed:
             self._owed += 1
+        else:
+            _LATE_DROPS.add(self.spool_dir)
 
     def flush(self) -> None:
         """Return once every record accepted so far is on disk (fsync)."""
@@ -251,6 +263,8 @@ class SpoolHandler(logging.Handler):
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher = None
+            if self._reentered != self._reentered_noted:
+                self._note_reentered()
             with self._gap_lock:  # a late gap of the drainer waits, then takes a lane of its own
                 writer, self._writer = self._writer, None
                 if writer is not None:
@@ -346,7 +360,11 @@ class SpoolHandler(logging.Handler):
             self._dropped += 1
             if not self._closed:
                 self._owed += 1  # a gap record once the spool opens
+            else:
+                _LATE_DROPS.add(self.spool_dir)  # the next handler of this spool owes its gap
             return
+        if _LATE_DROPS:
+            self._note_late_drops(writer)
         try:
             writer.append_body(body, Kind.EVENT)
         except SpoolFullError as exc:  # counted by the writer; a gap record follows
@@ -382,6 +400,7 @@ class SpoolHandler(logging.Handler):
                 self._reporter.report(f"recovery:{note}", f"recovered {self.spool_dir}: {note}")
             owed, self._owed = self._owed, 0
             self._writer.note_loss("write-error", owed, "dropped: the spool could not be opened")
+            self._note_late_drops(self._writer)
             with self._gap_lock:
                 self._write_owed_gaps(self._writer)
             if self._restart_watcher:  # a forked child: the parent's threads did not come along
@@ -394,6 +413,27 @@ class SpoolHandler(logging.Handler):
                 self._forked = False
                 _close_at_worker_exit(self)
             return self._writer
+
+    def _note_reentered(self) -> None:
+        """Count the records logged while this thread was inside emit; owe their gap."""
+        count = self._reentered - self._reentered_noted
+        self._reentered_noted += count
+        self._dropped += count
+        detail = "logged inside emit (a signal handler, or a __str__ that logs)"
+        writer = self._writer
+        if writer is not None and not writer.closed:
+            writer.note_loss("emit-error", count, detail)
+        elif not self._closed:
+            self._owed += count
+        else:
+            _LATE_DROPS.add(self.spool_dir, count)
+
+    def _note_late_drops(self, writer: SpoolWriter) -> None:
+        """Owe the gap of records logged to closed handlers of this spool in this process."""
+        count = _LATE_DROPS.take(self.spool_dir)
+        writer.note_loss(
+            "write-error", count, "logged to a closed SpoolHandler (logging reconfigured)"
+        )
 
     def _set_governance(self, governance: Governance) -> None:
         governance.on_timeout(self._scan_timed_out)
@@ -505,6 +545,7 @@ class SpoolHandler(logging.Handler):
         self._forked = True
         self._next_open = 0.0
         self._dropped = self._owed = self._suppressed = 0
+        self._reentered = self._reentered_noted = 0
         self._last_error = self._error_kind = self._last_error_at = None
         self._restart_drainer = self._restart_drainer or self._drainer is not None
         self._restart_watcher = self._restart_watcher or self._watcher is not None
@@ -512,6 +553,38 @@ class SpoolHandler(logging.Handler):
             forget_inherited_lock(getattr(self._drainer, "_lock", None))
         self._drainer = None
         self._watcher = None
+
+
+class _LateDrops:
+    """Records logged to a closed handler (``dictConfig`` again while threads log), per
+    spool directory: the next handler of that spool in this process writes their gap.
+
+    ``add`` and ``take`` run inside ``emit`` (its guard is set, so a signal handler on
+    the same thread never reaches the lock); truthiness is a lock-free hint.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Dict[str, int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._counts)
+
+    def add(self, spool_dir: str, count: int = 1) -> None:
+        with self._lock:
+            self._counts[spool_dir] = self._counts.get(spool_dir, 0) + count
+
+    def take(self, spool_dir: str) -> int:
+        with self._lock:
+            return self._counts.pop(spool_dir, 0)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent's counts are the parent's; the lock is new."""
+        self._lock = threading.Lock()
+        self._counts = {}
+
+
+_LATE_DROPS = _LateDrops()
 
 
 def _append_gap(writer: SpoolWriter, gap: Gap) -> None:
@@ -529,6 +602,7 @@ def _close_at_worker_exit(handler: SpoolHandler) -> None:
 
 
 def _forget_handlers_in_child() -> None:
+    _LATE_DROPS.forget_after_fork()
     for handler in list(_HANDLERS):
         handler._forget_after_fork()
 

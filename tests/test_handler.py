@@ -8,6 +8,7 @@ import json
 import logging
 import logging.config
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -311,7 +312,85 @@ def test_a_log_call_made_while_handling_a_record_does_not_recurse(
     stats = handler.stats()
     handler.close()
     assert [e["RawPayload"]["message"] for e in events(spool_dir)] == ["outer"]
-    assert stats["suppressed"] == 1
+    # not spooled, so counted and owed as a gap (only our own threads' records are
+    # "suppressed"): the gap stands in the chain before the close record
+    assert (stats["suppressed"], stats["dropped"], stats["accepted"]) == (0, 1, 2)
+    [gap] = verify(spool_dir).gaps
+    assert (gap["reason"], gap["count"]) == ("emit-error", 1)
+
+
+def test_a_record_logged_from_a_signal_handler_inside_emit_stands_as_a_gap(
+    spool_dir: str, make_handler: MakeHandler
+) -> None:
+    """A SIGALRM watchdog (or a SIGTERM "shutting down" line) lands while the main thread
+    is inside emit: the handler cannot take its own locks again, so the record is
+    dropped, counted and owed as a gap; nothing is lost from the count."""
+    handler, logger = make_handler(spool_dir, tenant_id="t", app_name="a", drain=False)
+    fired = {"n": 0}
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        fired["n"] += 1
+        logger.warning("from the signal handler")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    calls = 0
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+        for i in range(20000):
+            logger.info("main %d", i)
+            calls += 1
+            if fired["n"] >= 50 and i >= 2000:
+                break
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)
+    handler.close()
+    stats = handler.stats()
+    total = calls + fired["n"]
+    assert stats["suppressed"] == 0
+    assert stats["accepted"] == total
+    on_disk = len(events(spool_dir))
+    gaps = sum(g["count"] for g in verify(spool_dir).gaps)
+    assert on_disk + gaps == total  # every call is an event or counted in a gap
+    assert gaps == stats["dropped"]
+
+
+def test_records_logged_to_a_handler_that_dictconfig_closed_stand_as_a_gap(
+    tmp_path: Path,
+) -> None:
+    """dictConfig again (a settings reload) closes the old handler while a thread still
+    logs through it: those records are counted in the next handler's chain as a gap."""
+    spool = str(tmp_path / "spool")
+    config = {
+        "version": 1,
+        "handlers": {
+            "spool": {
+                "class": "cerbistream_spool.SpoolHandler",
+                "spool_dir": spool,
+                "tenant_id": "t",
+                "app_name": "a",
+                "drain": False,
+            }
+        },
+        "loggers": {"reconf": {"handlers": ["spool"], "level": "INFO", "propagate": False}},
+    }
+    logging.config.dictConfig(config)
+    old = logging.getLogger("reconf").handlers[0]
+    logging.config.dictConfig(config)  # closes ``old``
+    new = logging.getLogger("reconf").handlers[0]
+    try:
+        assert old is not new
+        record = logging.LogRecord("reconf", logging.INFO, __file__, 1, "late", None, None)
+        for _ in range(3):
+            old.handle(record)  # what a thread that fetched the handler list earlier does
+        logging.getLogger("reconf").info("after")
+    finally:
+        logging.getLogger("reconf").handlers.clear()
+        new.close()
+    assert old.stats()["dropped"] == 3
+    assert [e["RawPayload"]["message"] for e in events(spool)] == ["after"]
+    late = [g for g in verify(spool).gaps if "closed SpoolHandler" in g.get("detail", "")]
+    assert [(g["reason"], g["count"]) for g in late] == [("write-error", 3)]
 
 
 def test_dictconfig_builds_the_handler_with_class_and_factory(tmp_path: Path) -> None:
