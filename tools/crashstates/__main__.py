@@ -10,14 +10,16 @@ from typing import List, Optional
 
 from tools.crashstates.recorder import RecordingFileSystem
 from tools.crashstates.variants import VARIANTS
-from tools.crashstates.workloads import WORKLOADS, run_all
+from tools.crashstates.workloads import PENDING, WORKLOADS, run_all
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.crashstates")
     parser.add_argument("--states", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workload", action="append", choices=[w.name for w in WORKLOADS])
+    parser.add_argument(
+        "--workload", action="append", choices=[w.name for w in WORKLOADS + PENDING]
+    )
     parser.add_argument("--keep", help="copy the first failing states of each workload here")
     parser.add_argument(
         "--variant", choices=sorted(VARIANTS), help="record through a broken filesystem"

@@ -108,7 +108,11 @@ def promises(rec: Recording, k: int, pre: Dict[Key, str]) -> Promises:
 
 
 def check_image(
-    spool: str, config: SpoolConfig, want: Promises, verify_key: Optional[bytes]
+    spool: str,
+    config: SpoolConfig,
+    want: Promises,
+    verify_key: Optional[bytes],
+    excused: Tuple[str, ...] = (),
 ) -> List[str]:
     """Recover the spool at ``spool``, verify, read it back; what broke (empty: nothing)."""
     present = set(list_lanes(spool))
@@ -132,15 +136,23 @@ def check_image(
     seen: Dict[Key, str] = {}
     ids: Dict[str, int] = {}
     last: Dict[int, Any] = {}
+    gaps: List[Tuple[int, int, int]] = []  # (lane, first, last) of excusing gap records
     for batch in batches:
         for record in batch.records:
             prev = last.get(batch.lane)
             if prev is not None and prev.seq + 1 == record.seq and record.prev_hash != prev.hash:
                 broken.append(f"chain broken at lane {batch.lane} seq {record.seq}")
             last[batch.lane] = record
+            body = decode_body(record.body)
+            if (
+                record.kind == Kind.GAP
+                and isinstance(body, dict)
+                and body.get("reason") in excused
+                and isinstance(body.get("first_seq"), int)
+            ):
+                gaps.append((body.get("lane", batch.lane), body["first_seq"], body["last_seq"]))
             if record.kind != Kind.EVENT:
                 continue
-            body = decode_body(record.body)
             event_id = body.get("id") if isinstance(body, dict) else None
             if isinstance(event_id, str):
                 seen[(batch.lane, record.seq)] = event_id
@@ -165,6 +177,8 @@ def check_image(
         if seq <= cursors.get(lane, 0):
             continue
         got = seen.get((lane, seq))
+        if got is None and any(g[0] == lane and g[1] <= seq <= g[2] for g in gaps):
+            continue  # dropped by the overflow policy, and the gap record says so
         if got != eid:
             broken.append(f"promised lane {lane} seq {seq} ({eid}) lost (found {got})")
     for eid, n in ids.items():
@@ -184,6 +198,7 @@ def check_state(
     scratch: str,
     *,
     verify_key: bool = True,
+    excused: Tuple[str, ...] = (),
 ) -> Optional[Failure]:
     """Check one crash state in ``scratch`` (emptied first); the failure, else None."""
     dirs, files = build(rec, state)
@@ -193,7 +208,7 @@ def check_state(
     spool = os.path.join(scratch, "spool")
     want = promises(rec, state.k, pre)
     key = config.signing_key if verify_key else None
-    broken = check_image(spool, config, want, key)
+    broken = check_image(spool, config, want, key, excused)
     if broken:
         return Failure(name, state.describe(), "; ".join(broken[:5]))
     return None
