@@ -154,3 +154,23 @@ def test_drop_oldest_never_loses_records_without_a_durable_gap_record(tmp_path: 
         excused=workload.excused,
     )
     assert failure is None, str(failure)
+
+
+def test_a_quarantined_segments_loss_survives_a_crash_before_its_gap_record_is_durable(
+    tmp_path: Path,
+) -> None:
+    """The failing state, kept (fixed in spool/recovery.py): recovery quarantined a
+    segment with a damaged header (durable), created the next segment (durable), and the
+    power went before the gap record naming the lost records was. The next recovery
+    sees an empty last segment after a hole and writes the gap then: verify is clean."""
+    workload = BY_NAME["bad-header"]
+    rec, pre = record(workload, str(tmp_path / "run"))
+    created = next(
+        i for i, op in enumerate(rec.ops) if op.kind == "create" and op.path.endswith(".seg")
+    )
+    k = next(i for i, op in enumerate(rec.ops) if i > created and op.kind == "fsync_dir") + 1
+    assert rec.ops[k].kind == "write"  # the gap record, not yet written
+    failure = check_state(
+        workload.name, rec, CrashState(k, (), ()), workload.config, pre, str(tmp_path / "s")
+    )
+    assert failure is None, str(failure)

@@ -176,6 +176,17 @@ def _quarantine_setup(spool: str) -> Dict[Key, str]:
     return {key: eid for key, eid in pre.items() if key[1] < bad}
 
 
+def _bad_header_setup(spool: str) -> Dict[Key, str]:
+    """Two sealed segments and a last one whose header is damaged (quarantined whole)."""
+    config = SpoolConfig(fsync="always", segment_max_bytes=4096)
+    with SpoolWriter(spool, config) as writer:
+        pre = {(0, writer.append({"id": f"h{i}", "pad": "z" * 900})): f"h{i}" for i in range(9)}
+    base, path = list_segments(lane_dir(spool, 0))[-1]
+    with open(path, "r+b") as f:
+        f.write(b"XXXXXXXX")
+    return {key: eid for key, eid in pre.items() if key[1] < base}
+
+
 def _unkeyed_setup(spool: str) -> Dict[Key, str]:
     """Four records of an unkeyed chain (the recorded run opens it with a key)."""
     return _setup_writes(spool, SpoolConfig(fsync="always"), "u", 4)
@@ -203,6 +214,12 @@ WORKLOADS: Tuple[Workload, ...] = (
     Workload("idle-lane", ALWAYS, _idle_lane),
     Workload("torn-tail", ALWAYS, _reopen_and_append, setup=_torn_setup),
     Workload("quarantine", ALWAYS, _reopen_and_append, setup=_quarantine_setup),
+    Workload(
+        "bad-header",
+        SpoolConfig(fsync="always", segment_max_bytes=4096),
+        _reopen_and_append,
+        setup=_bad_header_setup,
+    ),
     Workload(
         "signing-key",
         SpoolConfig(fsync="always", signing_key=KEY),
