@@ -770,6 +770,7 @@ def test_stdout_on_a_full_device_is_one_error_line_and_exit_2(spool: str, args: 
             stdout=full,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
+            check=False,
             text=True,
             timeout=60,
         )
