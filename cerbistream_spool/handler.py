@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Dict, List, Optional, Tuple, TypedDict
+from typing import Any, Dict, List, Optional, Tuple, TypedDict, Union
 
 from cerbistream_spool.diagnostics import Reporter, guard
 from cerbistream_spool.errors import (
@@ -43,6 +43,8 @@ from cerbistream_spool.governance import (
     load_governance,
 )
 from cerbistream_spool.governance_watch import GovernanceWatcher
+from cerbistream_spool.spool.capacity import OverflowPolicy
+from cerbistream_spool.spool.commit import CommitPolicy
 from cerbistream_spool.spool.config import MiB, SpoolConfig
 from cerbistream_spool.spool.inventory import Depth, take_inventory
 from cerbistream_spool.spool.markers import Gap
@@ -101,11 +103,11 @@ class SpoolHandler(logging.Handler):
         fully_qualified_namespace: Optional[str] = None,
         credential: Any = None,
         queue_name: str = DEFAULT_QUEUE,
-        fsync: str = "interval",
+        fsync: Union[str, CommitPolicy] = "interval",
         drain: bool = True,
         signing_key: Optional[str] = None,
         max_spool_bytes: int = 512 * MiB,
-        overflow: str = "drop_oldest",
+        overflow: Union[str, OverflowPolicy] = "drop_oldest",
         segment_max_bytes: int = 4 * MiB,
         segment_max_age_s: float = 60.0,
         level: int = logging.NOTSET,
@@ -166,6 +168,8 @@ class SpoolHandler(logging.Handler):
             segment_max_age_s=segment_max_age_s,
             signing_key=signing_key.encode("utf-8") if signing_key else None,
         )
+        # GroupCommit: handle() emits outside the handler-wide lock (threads share fsyncs)
+        self._group_commit = self.config.commit_policy().waits
         self._reporter = reporter or Reporter()
         self._governance = (
             load_governance(governance_config_path, governance_profile)
@@ -213,11 +217,11 @@ class SpoolHandler(logging.Handler):
             guard.active = False
 
     def handle(self, record: logging.LogRecord) -> Any:
-        """With ``fsync="always"``: filter, then emit without the handler-wide lock, so
-        threads share fsyncs (group commit). Otherwise the stdlib way, under the lock:
-        threads queueing there beat threads convoying on the writer's lock across
-        ``os.write`` (+27 to 33 % with 4 threads, docs/BENCHMARKS.md)."""
-        if self.config.fsync != "always":
+        """With ``fsync="always"`` (``GroupCommit()``): filter, then emit without the
+        handler-wide lock, so threads share fsyncs (group commit). Otherwise the stdlib
+        way, under the lock: threads queueing there beat threads convoying on the
+        writer's lock across ``os.write`` (+27 to 33 % with 4 threads, docs/BENCHMARKS.md)."""
+        if not self._group_commit:
             return super().handle(record)
         rv = self.filter(record)
         if rv:
@@ -589,7 +593,7 @@ _LATE_DROPS = _LateDrops()
 
 def _append_gap(writer: SpoolWriter, gap: Gap) -> None:
     """Write one of the drainer's gap records into ``writer``'s lane (the one place)."""
-    writer.append_body(gap.encode(), Kind.GAP)
+    writer.append_marker(Kind.GAP, gap.encode())
 
 
 def _close_at_worker_exit(handler: SpoolHandler) -> None:

@@ -683,3 +683,40 @@ def test_mypy_sees_the_keys_of_stats(tmp_path: Path) -> None:
     assert errors, done.stdout
     assert all("user_app.py:8:" in ln for ln in errors), done.stdout  # line 5 is an int, not Any
     assert any('has no key "pending_record"' in ln for ln in errors), done.stdout
+
+
+def test_policy_objects_are_accepted_and_group_commit_emits_outside_the_handler_lock(
+    spool_dir: str, make_handler: Any
+) -> None:
+    """``fsync=GroupCommit()`` is asked, not compared with "always": a record is emitted
+    while another thread holds the handler-wide lock; ``overflow=DropNewest()`` refuses
+    instead of dropping the oldest."""
+    from cerbistream_spool.spool.capacity import DropNewest  # noqa: PLC0415
+    from cerbistream_spool.spool.commit import GroupCommit  # noqa: PLC0415
+
+    handler, log = make_handler(
+        spool_dir,
+        tenant_id="t",
+        app_name="a",
+        drain=False,
+        fsync=GroupCommit(),
+        overflow=DropNewest(),
+        max_spool_bytes=64 * 1024,
+        segment_max_bytes=8192,
+    )
+    handler.acquire()
+    try:
+        thread = threading.Thread(target=log.info, args=("while the lock is held",))
+        thread.start()
+        thread.join(20)
+        emitted_outside = not thread.is_alive()
+    finally:
+        handler.release()
+        thread.join(20)
+    assert emitted_outside, "the record waited for the handler-wide lock"
+    stats = handler.stats()
+    assert stats["accepted"] == 1 and stats["durable"] >= 1
+    for i in range(400):
+        log.info("fill %d %s", i, "x" * 400)
+    stats = handler.stats()
+    assert stats["dropped"] > 0 and stats["lost"] == 0, stats

@@ -20,16 +20,17 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, ClassVar, List, Optional, Tuple, Union
+from dataclasses import dataclass, replace
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
 from cerbistream_spool.errors import SpoolConfigError
 from cerbistream_spool.spool.cursor import load_cursor
-from cerbistream_spool.spool.fsio import file_size, fsync_dir
+from cerbistream_spool.spool.fsio import file_size, fsync_dir, read_regular
 from cerbistream_spool.spool.lanes import lane_dir, list_lanes, unlink_unpinned
-from cerbistream_spool.spool.markers import Gap, GapReason
+from cerbistream_spool.spool.markers import Gap, GapReason, gap_fields
+from cerbistream_spool.spool.record import Kind, Record, Scanned, decode_body, scan
 from cerbistream_spool.spool.segment_file import SegmentFile
-from cerbistream_spool.spool.segments import list_segments
+from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_segments
 
 __all__ = [
     "OVERFLOW_POLICIES",
@@ -131,7 +132,8 @@ class Capacity:
     ``fixed_bytes`` is the other lanes plus this lane's sealed segments; the active
     segment's size is ``segment.size``. The callbacks belong to the writer (caller
     holds its lock): ``write_gap`` writes a gap record (raises ``OSError``),
-    ``owe_gap`` owes one, ``lose(lo, hi)`` counts the events of a range as lost.
+    ``owe_gap`` owes it (written before the next record), ``lose(lo, hi)`` counts
+    the events of a range as lost.
     """
 
     def __init__(
@@ -140,7 +142,7 @@ class Capacity:
         max_spool: int,
         segment: SegmentFile,
         write_gap: Callable[[Gap], None],
-        owe_gap: Callable[[str, int, str], None],
+        owe_gap: Callable[[Gap], None],
         lose: Callable[[int, int], None],
     ) -> None:
         self.spool_dir = spool_dir
@@ -209,51 +211,159 @@ class Capacity:
 
         A segment a drainer pinned (its records are being sent, spool/lanes.py) is
         skipped and the next oldest goes instead: no event is both lost and
-        delivered. The gap records run from the cursor on (less the pinned
-        segments), so they stay true even when an earlier gap record was itself in
-        a dropped segment.
+        delivered. Each lost seq is claimed by exactly one gap record
+        (docs/FORMAT.md §4.2, "Head gaps"): the gaps written claim the dropped
+        records above the cursor, and carry the claims of the gap records that left
+        with the dropped segments (read under the segment's lock, before the unlink).
         """
         cursor = load_cursor(self.dir, self.lane)
         acked = cursor.acked_seq if cursor else 0
         cursor_now = [acked]
-
-        def reread_cursor() -> None:  # a drainer may have acked it just before our lock
-            fresh = load_cursor(self.dir, self.lane)
-            cursor_now[0] = max(cursor_now[0], fresh.acked_seq if fresh else 0)
+        detail = "drop_oldest: " + (
+            "the disk is full" if at_least_one else "max_spool_bytes reached"
+        )
 
         dropped_to = 0
-        kept: List[Tuple[int, int]] = []  # seq ranges of pinned segments
+        claims: List[Gap] = []
         idx = 0
         while idx < len(self.sealed) and (self.over_cap(need) or (at_least_one and not dropped_to)):
             base, path, size = self.sealed[idx]
             last = self.sealed[idx + 1][0] - 1 if idx + 1 < len(self.sealed) else self._seg.base - 1
-            done = unlink_unpinned(path, locked=reread_cursor)
+            seen: List[Record] = []
+
+            def locked(path: str = path, seen: List[Record] = seen) -> None:
+                # a drainer may have acked just before our lock; what the segment holds
+                fresh = load_cursor(self.dir, self.lane)
+                cursor_now[0] = max(cursor_now[0], fresh.acked_seq if fresh else 0)
+                seen.extend(_records_of(path))
+
+            done = unlink_unpinned(path, locked=locked)
             if done is False:  # in flight to the broker: it stays
-                kept.append((base, last))
                 idx += 1
                 continue
             del self.sealed[idx]
             self.fixed_bytes -= size
             acked = max(acked, cursor_now[0])
             if done and last > acked:
-                self._lose(max(base, acked + 1), last)
+                lo = max(base, acked + 1)
+                self._lose(lo, last)
+                claims += dropped_claims(seen, lo, last, detail)
                 dropped_to = last
         fsync_dir(self.dir)
-        if not dropped_to:
-            return False
-        detail = "drop_oldest: " + (
-            "the disk is full" if at_least_one else "max_spool_bytes reached"
-        )
-        lo = acked + 1
-        for k_lo, k_hi in [*kept, (dropped_to + 1, dropped_to + 1)]:
-            hi = min(k_lo - 1, dropped_to)
-            if hi >= lo:
-                try:
-                    self._write_gap(Gap.span(GapReason.OVERFLOW, lo, hi, detail))
-                except OSError:  # still no room: the gap is owed (without its range)
-                    self._owe_gap(GapReason.OVERFLOW, hi - lo + 1, f"{detail}: seq {lo}..{hi}")
-            lo = max(lo, k_hi + 1)
-        return True
+        for gap in merge_claims(claims):
+            try:
+                self._write_gap(gap)
+            except OSError:  # still no room: the gap is owed, its range kept
+                self._owe_gap(gap)
+        return bool(dropped_to)
+
+
+def _records_of(path: str) -> List[Record]:
+    """The readable records of a segment file (none when it is gone or unreadable)."""
+    try:
+        buf = read_regular(path)
+    except OSError:
+        return []
+    if isinstance(decode_header(buf[:HEADER_SIZE]), str):
+        return []
+    return [item.record for item in scan(buf, HEADER_SIZE) if isinstance(item, Scanned)]
+
+
+def dropped_claims(records: List[Record], lo: int, hi: int, detail: str) -> List[Gap]:
+    """The claims to write for a segment unlinked undelivered from ``lo`` to ``hi``.
+
+    Every gap record the segment held is carried as it was (delivered or not, it
+    leaves the disk without reaching the ledger); the seqs ``lo..hi`` that no carried
+    gap claims become ``overflow`` ranges whose ``count`` is the events among them
+    (seqs the scan could not read count as events: an upper bound).
+    """
+    carried: List[Gap] = []
+    for rec in records:
+        if rec.kind != Kind.GAP:
+            continue
+        body = _safe_body(rec.body)
+        fields = gap_fields(body) if isinstance(body, dict) else {}
+        if "reason" in fields and "count" in fields:
+            carried.append(
+                Gap(
+                    fields["reason"],
+                    fields["count"],
+                    fields.get("detail", ""),
+                    fields.get("first_seq"),
+                    fields.get("last_seq"),
+                    fields.get("lane"),
+                )
+            )
+    taken = sorted(
+        (g.first_seq, g.last_seq)
+        for g in carried
+        if g.first_seq is not None
+        and g.last_seq is not None
+        and g.lane is None
+        and g.reason != GapReason.DEAD_LETTER  # names records still on disk
+    )
+    markers = [rec.seq for rec in records if rec.kind != Kind.EVENT and lo <= rec.seq <= hi]
+    fresh: List[Gap] = []
+    at = lo
+    for t_lo, t_hi in [*taken, (hi + 1, hi + 1)]:
+        top = min(hi, t_lo - 1)
+        if top >= at:
+            non_events = bisect.bisect_right(markers, top) - bisect.bisect_left(markers, at)
+            fresh.append(Gap(GapReason.OVERFLOW, top - at + 1 - non_events, detail, at, top))
+        at = max(at, t_hi + 1)
+    return carried + fresh
+
+
+def merge_claims(claims: List[Gap]) -> List[Gap]:
+    """One gap per run of adjacent ranges (and per reason without a range) of one
+    reason and lane, so repeated drops keep a bounded number of gap records.
+
+    Ranges of one run are disjoint as this release writes them; an older release
+    wrote nested head gaps (each from the cursor on): the outer one's count stands.
+    """
+    out: List[Gap] = []
+    counts: Dict[Tuple[str, Optional[int]], Gap] = {}
+    ranged = sorted(
+        (g for g in claims if g.first_seq is not None and g.last_seq is not None),
+        key=lambda g: (_reason(g), -1 if g.lane is None else g.lane, g.first_seq),
+    )
+    for gap in claims:
+        if gap.first_seq is None or gap.last_seq is None:
+            key = (_reason(gap), gap.lane)
+            had = counts.get(key)
+            counts[key] = gap if had is None else replace(had, count=had.count + gap.count)
+    out = list(counts.values())
+    run: Optional[Gap] = None
+    for gap in ranged:
+        assert gap.first_seq is not None and gap.last_seq is not None
+        if (
+            run is not None
+            and _reason(run) == _reason(gap)
+            and run.lane == gap.lane
+            and run.last_seq is not None
+            and gap.first_seq <= run.last_seq + 1
+        ):
+            if gap.last_seq <= run.last_seq:  # nested: already claimed
+                count = max(run.count, gap.count)
+            else:
+                count = run.count + gap.count
+            run = replace(run, count=count, last_seq=max(run.last_seq, gap.last_seq))
+            out[-1] = run
+            continue
+        run = gap
+        out.append(run)
+    return out
+
+
+def _safe_body(body: bytes) -> Any:
+    try:
+        return decode_body(body)
+    except Exception:  # noqa: BLE001 — a damaged body: nothing to carry
+        return None
+
+
+def _reason(gap: Gap) -> str:
+    return gap.reason.value if isinstance(gap.reason, GapReason) else gap.reason
 
 
 def lose_range(

@@ -99,7 +99,7 @@ class SpoolWriter:
             self.config.max_spool_bytes,
             self._seg,
             self._write_gap,
-            self._owe_gap,
+            self._owe_gap_record,
             self._lose_range,
         )
         self._overflow = self.config.overflow_policy()
@@ -114,7 +114,8 @@ class SpoolWriter:
         self._prior_events = 0  # ... of them into lanes that have vanished since
         self._prior_delivered = 0  # ... of those, delivered before they vanished
         self._unrecorded: Dict[str, List[Any]] = {}  # reason -> [count, detail]: gaps owed
-        self._dropped_unrecorded = 0  # sum of the counts above (the hot path tests this)
+        self._owed_gaps: List[Gap] = []  # gaps with a range owed (drop_oldest on a full disk)
+        self._dropped_unrecorded = 0  # the counts above + 1 per owed range (the hot path tests it)
         self._last_error: Optional[str] = None
         self._check_at = 0
         self._adrift = False  # the lane's files vanished and no new lane is open yet
@@ -513,8 +514,22 @@ class SpoolWriter:
         owed[1] = detail
         self._dropped_unrecorded += count
 
+    def _owe_gap_record(self, gap: Gap) -> None:
+        """Owe ``gap`` as it is, its range kept, for the next record (caller locks)."""
+        if gap.first_seq is None:
+            self._owe_gap(str(gap.reason), gap.count, gap.detail)
+            return
+        self._owed_gaps.append(gap)
+        self._dropped_unrecorded += gap.count + 1
+
     def _write_pending_gap(self) -> None:
-        """One gap record per reason owed; a reason stays owed until its gap is written."""
+        """The owed gaps with a range, then one gap record per reason owed; each stays
+        owed until it is written."""
+        while self._owed_gaps:
+            gap = self._owed_gaps[0]
+            self._write(Kind.GAP, gap.encode())
+            self._owed_gaps.pop(0)
+            self._dropped_unrecorded -= gap.count + 1
         while self._unrecorded:
             reason, (count, detail) = self._unrecorded.popitem()
             self._dropped_unrecorded -= count
