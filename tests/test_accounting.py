@@ -367,6 +367,24 @@ def test_drop_oldest_past_the_cursor_still_claims_the_older_hole_once(spool_dir:
     book.writer.close()
 
 
+def test_a_delivered_gap_record_in_a_segment_drop_oldest_unlinks_goes_to_the_ledger(
+    spool_dir: str,
+) -> None:
+    """The property test's find: the segment holding a delivered gap record (the cursor
+    passed it) is unlinked by drop_oldest, not by the reader: the gap must go to the
+    losses ledger first, as the reader's unlink does, or the loss it names is in no count."""
+    book = LossBook(spool_dir)
+    book.append(1, 900)
+    book.append(4, 1500)
+    book.append(1, 900)  # the first segment dropped: a gap record for 1..3
+    for n in (1, 1, 1, 2):
+        book.deliver(n)  # the cursor passes the gap record
+    book.append(4, 1500)  # the segment holding it is dropped
+    book.check()
+    assert [g.get("source") for g in verify(spool_dir).gaps] == ["ledger"]
+    book.writer.close()
+
+
 @settings(max_examples=examples(40, 8), deadline=None)
 @given(
     ops=st.lists(

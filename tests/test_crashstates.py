@@ -20,7 +20,7 @@ from tools.crashstates.checker import check_state, promises
 from tools.crashstates.recorder import Op, Recording
 from tools.crashstates.states import CrashState, build
 from tools.crashstates.variants import NoCursorSync, NoDirSyncAfterSegmentCreate
-from tools.crashstates.workloads import PENDING, WORKLOADS, record, run_all, run_workload
+from tools.crashstates.workloads import WORKLOADS, record, run_all, run_workload
 
 BY_NAME = {w.name: w for w in WORKLOADS}
 
@@ -129,16 +129,11 @@ def test_a_rename_is_atomic_and_persists_with_either_directory_sync() -> None:
 # -- found by the checker ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drop_oldest unlinks a segment (and fsyncs the directory) before the gap record"
-    " naming its records is durable: a power loss in between loses them silently"
-    " (docs/RELIABILITY.md, 'Found'); the fix belongs in spool/capacity.py",
-)
 def test_drop_oldest_never_loses_records_without_a_durable_gap_record(tmp_path: Path) -> None:
     """The failing state, kept: the crash right after the directory fsync that made the
-    unlink of the oldest segment durable, before the gap record is written."""
-    workload = PENDING[0]
+    unlink of the oldest segment durable: the gap record naming its records is durable
+    before it (spool/capacity.py ``Capacity._write_durably``)."""
+    [workload] = [w for w in WORKLOADS if w.name == "overflow"]
     rec, pre = record(workload, str(tmp_path / "run"))
     unlinked = next(
         i for i, op in enumerate(rec.ops) if op.kind == "unlink" and op.path.endswith(".seg")

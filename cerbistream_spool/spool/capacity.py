@@ -18,19 +18,22 @@ Markers are never refused: they may overshoot the cap by their own size.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, ClassVar, List, Optional, Tuple, Union
 
 from cerbistream_spool.errors import SpoolConfigError
+from cerbistream_spool.spool.claims import dropped_claims, merge_claims, records_of
 from cerbistream_spool.spool.cursor import load_cursor
-from cerbistream_spool.spool.fsio import file_size, fsync_dir, read_regular
+from cerbistream_spool.spool.fsio import current, file_size, fsync_dir
 from cerbistream_spool.spool.lanes import lane_dir, list_lanes, unlink_unpinned
-from cerbistream_spool.spool.markers import Gap, GapReason, gap_fields
-from cerbistream_spool.spool.record import Kind, Record, Scanned, decode_body, scan
+from cerbistream_spool.spool.losses import LedgerEntry, record_gaps
+from cerbistream_spool.spool.markers import Gap
+from cerbistream_spool.spool.record import Kind, Record
 from cerbistream_spool.spool.segment_file import SegmentFile
-from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header, list_segments
+from cerbistream_spool.spool.segments import list_segments
 
 __all__ = [
     "OVERFLOW_POLICIES",
@@ -217,25 +220,27 @@ class Capacity:
         with the dropped segments (read under the segment's lock, before the unlink).
         """
         cursor = load_cursor(self.dir, self.lane)
-        acked = cursor.acked_seq if cursor else 0
-        cursor_now = [acked]
+        acked = [cursor.acked_seq if cursor else 0]  # grows: a drainer may ack meanwhile
         detail = "drop_oldest: " + (
             "the disk is full" if at_least_one else "max_spool_bytes reached"
         )
-
+        owed: List[Gap] = []
         dropped_to = 0
-        claims: List[Gap] = []
         idx = 0
         while idx < len(self.sealed) and (self.over_cap(need) or (at_least_one and not dropped_to)):
             base, path, size = self.sealed[idx]
             last = self.sealed[idx + 1][0] - 1 if idx + 1 < len(self.sealed) else self._seg.base - 1
-            seen: List[Record] = []
 
-            def locked(path: str = path, seen: List[Record] = seen) -> None:
-                # a drainer may have acked just before our lock; what the segment holds
+            def locked(path: str = path, base: int = base, last: int = last) -> None:
+                # the cursor includes every ack of this segment now (spool/lanes.py)
                 fresh = load_cursor(self.dir, self.lane)
-                cursor_now[0] = max(cursor_now[0], fresh.acked_seq if fresh else 0)
-                seen.extend(_records_of(path))
+                acked[0] = max(acked[0], fresh.acked_seq if fresh else 0)
+                keyed, records = records_of(path)
+                carry = self._ledger_delivered_gaps(keyed, records, acked[0])
+                lo = max(base, acked[0] + 1)
+                gaps = dropped_claims(carry, lo, last, detail)
+                if gaps:
+                    owed.extend(self._write_durably(merge_claims(gaps)))
 
             done = unlink_unpinned(path, locked=locked)
             if done is False:  # in flight to the broker: it stays
@@ -243,127 +248,48 @@ class Capacity:
                 continue
             del self.sealed[idx]
             self.fixed_bytes -= size
-            acked = max(acked, cursor_now[0])
-            if done and last > acked:
-                lo = max(base, acked + 1)
-                self._lose(lo, last)
-                claims += dropped_claims(seen, lo, last, detail)
+            if done and last > acked[0]:
+                self._lose(max(base, acked[0] + 1), last)
                 dropped_to = last
         fsync_dir(self.dir)
-        for gap in merge_claims(claims):
-            try:
-                self._write_gap(gap)
-            except OSError:  # still no room: the gap is owed, its range kept
-                self._owe_gap(gap)
+        for gap in owed:  # could not be written before the unlink (a full disk)
+            self._owe_gap(gap)
         return bool(dropped_to)
 
-
-def _records_of(path: str) -> List[Record]:
-    """The readable records of a segment file (none when it is gone or unreadable)."""
-    try:
-        buf = read_regular(path)
-    except OSError:
-        return []
-    if isinstance(decode_header(buf[:HEADER_SIZE]), str):
-        return []
-    return [item.record for item in scan(buf, HEADER_SIZE) if isinstance(item, Scanned)]
-
-
-def dropped_claims(records: List[Record], lo: int, hi: int, detail: str) -> List[Gap]:
-    """The claims to write for a segment unlinked undelivered from ``lo`` to ``hi``.
-
-    Every gap record the segment held is carried as it was (delivered or not, it
-    leaves the disk without reaching the ledger); the seqs ``lo..hi`` that no carried
-    gap claims become ``overflow`` ranges whose ``count`` is the events among them
-    (seqs the scan could not read count as events: an upper bound).
-    """
-    carried: List[Gap] = []
-    for rec in records:
-        if rec.kind != Kind.GAP:
-            continue
-        body = _safe_body(rec.body)
-        fields = gap_fields(body) if isinstance(body, dict) else {}
-        if "reason" in fields and "count" in fields:
-            carried.append(
-                Gap(
-                    fields["reason"],
-                    fields["count"],
-                    fields.get("detail", ""),
-                    fields.get("first_seq"),
-                    fields.get("last_seq"),
-                    fields.get("lane"),
+    def _ledger_delivered_gaps(
+        self, keyed: bool, records: List[Record], acked: int
+    ) -> List[Record]:
+        """Put the delivered gap records of a segment about to go into the losses ledger
+        (as the reader does before it unlinks, spool/losses.py); returns the records
+        whose claims the gaps written for the drop must carry: those above the cursor,
+        and the delivered gaps too when the ledger cannot be written (a full disk)."""
+        delivered = [rec for rec in records if rec.kind == Kind.GAP and rec.seq <= acked]
+        rest = [rec for rec in records if rec.seq > acked]
+        if delivered:
+            try:
+                record_gaps(
+                    self.spool_dir, [LedgerEntry.of(self.lane, r, keyed) for r in delivered]
                 )
-            )
-    taken = sorted(
-        (g.first_seq, g.last_seq)
-        for g in carried
-        if g.first_seq is not None
-        and g.last_seq is not None
-        and g.lane is None
-        and g.reason != GapReason.DEAD_LETTER  # names records still on disk
-    )
-    markers = [rec.seq for rec in records if rec.kind != Kind.EVENT and lo <= rec.seq <= hi]
-    fresh: List[Gap] = []
-    at = lo
-    for t_lo, t_hi in [*taken, (hi + 1, hi + 1)]:
-        top = min(hi, t_lo - 1)
-        if top >= at:
-            non_events = bisect.bisect_right(markers, top) - bisect.bisect_left(markers, at)
-            fresh.append(Gap(GapReason.OVERFLOW, top - at + 1 - non_events, detail, at, top))
-        at = max(at, t_hi + 1)
-    return carried + fresh
+            except OSError:
+                return delivered + rest
+        return rest
 
-
-def merge_claims(claims: List[Gap]) -> List[Gap]:
-    """One gap per run of adjacent ranges (and per reason without a range) of one
-    reason and lane, so repeated drops keep a bounded number of gap records.
-
-    Ranges of one run are disjoint as this release writes them; an older release
-    wrote nested head gaps (each from the cursor on): the outer one's count stands.
-    """
-    out: List[Gap] = []
-    counts: Dict[Tuple[str, Optional[int]], Gap] = {}
-    ranged = sorted(
-        (g for g in claims if g.first_seq is not None and g.last_seq is not None),
-        key=lambda g: (_reason(g), -1 if g.lane is None else g.lane, g.first_seq),
-    )
-    for gap in claims:
-        if gap.first_seq is None or gap.last_seq is None:
-            key = (_reason(gap), gap.lane)
-            had = counts.get(key)
-            counts[key] = gap if had is None else replace(had, count=had.count + gap.count)
-    out = list(counts.values())
-    run: Optional[Gap] = None
-    for gap in ranged:
-        assert gap.first_seq is not None and gap.last_seq is not None
-        if (
-            run is not None
-            and _reason(run) == _reason(gap)
-            and run.lane == gap.lane
-            and run.last_seq is not None
-            and gap.first_seq <= run.last_seq + 1
-        ):
-            if gap.last_seq <= run.last_seq:  # nested: already claimed
-                count = max(run.count, gap.count)
-            else:
-                count = run.count + gap.count
-            run = replace(run, count=count, last_seq=max(run.last_seq, gap.last_seq))
-            out[-1] = run
-            continue
-        run = gap
-        out.append(run)
-    return out
-
-
-def _safe_body(body: bytes) -> Any:
-    try:
-        return decode_body(body)
-    except Exception:  # noqa: BLE001 — a damaged body: nothing to carry
-        return None
-
-
-def _reason(gap: Gap) -> str:
-    return gap.reason.value if isinstance(gap.reason, GapReason) else gap.reason
+    def _write_durably(self, gaps: List[Gap]) -> List[Gap]:
+        """Write ``gaps`` and fsync them, before their records' segment is unlinked: a
+        power loss then leaves the segment or the gap records, never neither (the
+        crash states of tools/crashstates, workload ``overflow``). Returns those that
+        could not be written (the disk is full: they are owed, a crash may lose them)."""
+        failed: List[Gap] = []
+        for gap in gaps:
+            try:
+                self._write_gap(gap)
+            except OSError:
+                failed.append(gap)
+        fd = self._seg.fd
+        if fd is not None and len(failed) < len(gaps):
+            with contextlib.suppress(OSError):  # the writer's next fsync reports it
+                current().fsync(fd)
+        return failed
 
 
 def lose_range(

@@ -39,6 +39,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
+from cerbistream_spool.spool.claims import records_of
 from cerbistream_spool.spool.cursor import CURSOR_FILE, Cursor, read_cursor, write_cursor
 from cerbistream_spool.spool.fsio import (
     ForeignFileError,
@@ -587,18 +588,8 @@ def _sweep_removed_lanes(spool_dir: str) -> None:
 
 def _gaps_in_file(lane: int, path: str) -> List[LedgerEntry]:
     """Every readable gap record of a segment file (none when it is gone or unreadable)."""
-    try:
-        buf = read_regular(path)
-    except OSError:
-        return []
-    header = decode_header(buf[:HEADER_SIZE])
-    if isinstance(header, str):
-        return []
-    return [  # damage is stepped over: the drainer recorded it
-        LedgerEntry.of(lane, item.record, header.keyed)
-        for item in scan(buf, HEADER_SIZE)
-        if isinstance(item, Scanned) and item.record.kind == Kind.GAP
-    ]
+    keyed, records = records_of(path)  # damage is stepped over: the drainer recorded it
+    return [LedgerEntry.of(lane, rec, keyed) for rec in records if rec.kind == Kind.GAP]
 
 
 def _replaced(tail: Optional[Tuple[str, int]]) -> bool:
