@@ -223,15 +223,17 @@ class Drainer:
             self._dead_letter(message.lane, message.seq, message, reason)
         for damage in batch.damage:  # recorded before the ack can unlink the segment
             self._record_damage(damage)
-        # the broker accepted: the transport's error has ended before the ack shows the
-        # records delivered (handler.stats() reads pending and last_error apart)
-        self._stats.last_error = self._loss_note or self.reader.losses_error
-        self.reader.ack(batch)
-        self._space_freed()
+        # the broker accepted: the transport's error has ended and the messages are
+        # counted before the ack shows the records delivered (handler.stats() reads
+        # pending, last_error and these counts apart); a failed ack resends, and the
+        # broker is sent them (and they are counted) again: at least once
         stats = self._stats
+        stats.last_error = self._loss_note or self.reader.losses_error
         stats.batches += 1
         stats.delivered += len(messages) - len(rejected)
         stats.last_delivery_unix = time.time()
+        self.reader.ack(batch)
+        self._space_freed()
         stats.last_error = self._loss_note or self.reader.losses_error
         self.retry_at = None
         if self._progress is not None:

@@ -1003,18 +1003,21 @@ def test_cli_verify_replay_to_file_writes_pending_events_then_none_are_pending(
 
 
 def test_the_error_has_ended_by_the_time_the_records_leave_pending(spool_dir: str) -> None:
-    # whoever sees the records acknowledged (pending 0) must not still see the old error:
-    # handler.stats() reads both, and read them between the ack and the stats update
+    # whoever sees the records acknowledged (pending 0) must not still see the old error
+    # nor an old delivered count: handler.stats() reads them apart, and read them between
+    # the ack and the stats update (test_offline_start_then_peer_appears_..., under load)
     with SpoolWriter(spool_dir) as writer:
         for i in range(5):
             writer.append({"LogId": f"id-{i}", "n": i})
     transport = MemoryTransport()
     transport.fail_next = 1
-    seen: List[Optional[str]] = []
+    seen: List[Tuple[Optional[str], int]] = []
     drainer = Drainer(
         spool_dir,
         transport,
-        space_freed=lambda: seen.append(drainer.stats()["last_error"]),
+        space_freed=lambda: seen.append(
+            (drainer.stats()["last_error"], drainer.stats()["delivered"])
+        ),
         backoff_base_s=0.001,
         backoff_max_s=0.001,
     )
@@ -1024,4 +1027,5 @@ def test_the_error_has_ended_by_the_time_the_records_leave_pending(spool_dir: st
         drainer.close()
     assert transport.sends == 2  # one failure, then the batch
     assert drainer.stats()["failures"] == 1
-    assert seen == [None]  # at the ack, the transport's error had already ended
+    # at the ack, the transport's error had already ended and the 5 were counted
+    assert seen == [(None, 5)]

@@ -27,6 +27,7 @@ NOT_YET: Dict[str, str] = {  # module -> why it still makes raw calls
 }
 NOT_SPOOL: Dict[str, str] = {
     "transports/jsonl.py": "the JSONL transport's own output file, not a spool file",
+    "cli.py": "points the process's stdout at /dev/null after a failed write, not a spool file",
 }
 
 
