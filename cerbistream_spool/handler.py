@@ -234,13 +234,7 @@ class SpoolHandler(logging.Handler):
         self._dropped += 1
         self._error("emit", f"{type(exc).__name__}: {exc}" if exc else "unknown error")
         self._reporter.report("emit", f"record dropped: {self._last_error}")
-        writer = self._writer
-        if writer is not None and not writer.closed:
-            writer.note_loss("emit-error", 1, f"record dropped: {self._last_error}")
-        elif not self._closed:
-            self._owed += 1
-        else:
-            _LATE_DROPS.add(self.spool_dir)
+        self._owe(1, "emit-error", f"record dropped: {self._last_error}")
 
     def flush(self) -> None:
         """Return once every record accepted so far is on disk (fsync)."""
@@ -362,10 +356,7 @@ class SpoolHandler(logging.Handler):
         writer = self._writer or self._open_writer()
         if writer is None:
             self._dropped += 1
-            if not self._closed:
-                self._owed += 1  # a gap record once the spool opens
-            else:
-                _LATE_DROPS.add(self.spool_dir)  # the next handler of this spool owes its gap
+            self._owe(1, "write-error", "dropped: the spool could not be opened")
             return
         if _LATE_DROPS:
             self._note_late_drops(writer)
@@ -423,12 +414,16 @@ class SpoolHandler(logging.Handler):
         count = self._reentered - self._reentered_noted
         self._reentered_noted += count
         self._dropped += count
-        detail = "logged inside emit (a signal handler, or a __str__ that logs)"
+        self._owe(count, "emit-error", "logged inside emit (a signal handler, a __str__ that logs)")
+
+    def _owe(self, count: int, reason: str, detail: str) -> None:
+        """A gap record for ``count`` dropped events: in the open lane, once the spool
+        opens, or (after close) by the next handler of this spool in the process."""
         writer = self._writer
         if writer is not None and not writer.closed:
-            writer.note_loss("emit-error", count, detail)
+            writer.note_loss(reason, count, detail)
         elif not self._closed:
-            self._owed += count
+            self._owed += count  # written as "the spool could not be opened"
         else:
             _LATE_DROPS.add(self.spool_dir, count)
 
@@ -563,12 +558,12 @@ class _LateDrops:
     """Records logged to a closed handler (``dictConfig`` again while threads log), per
     spool directory: the next handler of that spool in this process writes their gap.
 
-    ``add`` and ``take`` run inside ``emit`` (its guard is set, so a signal handler on
-    the same thread never reaches the lock); truthiness is a lock-free hint.
+    Re-entrant: a signal handler that logs to a closed handler may interrupt ``add``
+    or ``take`` on the same thread. Truthiness is a lock-free hint.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._counts: Dict[str, int] = {}
 
     def __bool__(self) -> bool:
@@ -584,7 +579,7 @@ class _LateDrops:
 
     def forget_after_fork(self) -> None:
         """In a forked child: the parent's counts are the parent's; the lock is new."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._counts = {}
 
 
