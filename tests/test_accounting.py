@@ -36,6 +36,7 @@ from cerbistream_spool.diagnostics import Reporter
 from cerbistream_spool.drain import Drainer
 from cerbistream_spool.errors import SpoolFullError
 from cerbistream_spool.spool import SpoolConfig, SpoolReader, SpoolWriter
+from cerbistream_spool.spool.claims import MOST_CLAIMS
 from cerbistream_spool.spool.cursor import CURSOR_FILE, Cursor, read_cursor
 from cerbistream_spool.spool.lanes import drain_lock, lane_dir, try_lock
 from cerbistream_spool.transports.base import OutgoingMessage, SendResult
@@ -410,3 +411,22 @@ def test_drop_oldest_claims_every_lost_seq_once_under_random_appends_and_acks(
     finally:
         book.writer.close()
         book.reader.release()
+
+
+def test_a_spool_that_stays_full_keeps_a_bounded_number_of_gap_records(spool_dir: str) -> None:
+    """No drainer for days at a tiny cap: every drop carries the older claims forward.
+    Unbounded, the gap records grew until they alone filled the cap and append spun for
+    ever (the adversarial pass: 500 appends at 8 KiB never returned). Now the claims of
+    one drop are coarsened (spool/claims.py), and the counts stay exact."""
+    config = SpoolConfig(
+        fsync="never", overflow="drop_oldest", segment_max_bytes=4096, max_spool_bytes=8192
+    )
+    with SpoolWriter(spool_dir, config) as writer:
+        for i in range(3000):
+            writer.append({"n": i, "pad": "x" * 100})
+        stats = writer.stats()
+    report = verify(spool_dir)
+    assert report.valid, report.problems
+    assert stats["lost"] > 2900
+    assert sum(g["count"] for g in report.gaps) == stats["lost"]
+    assert len(report.gaps) <= 2 * MOST_CLAIMS + 4  # bounded, whatever the number lost

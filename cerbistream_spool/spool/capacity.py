@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, List, Optional, Tuple, Union
 
 from cerbistream_spool.errors import SpoolConfigError
-from cerbistream_spool.spool.claims import dropped_claims, merge_claims, records_of
+from cerbistream_spool.spool.claims import coarsened, dropped_claims, merge_claims, records_of
 from cerbistream_spool.spool.cursor import load_cursor
 from cerbistream_spool.spool.fsio import current, file_size, fsync_dir
 from cerbistream_spool.spool.lanes import lane_dir, list_lanes, unlink_unpinned
@@ -226,10 +226,14 @@ class Capacity:
         )
         owed: List[Gap] = []
         dropped_to = 0
-        idx = 0
-        while idx < len(self.sealed) and (self.over_cap(need) or (at_least_one and not dropped_to)):
-            base, path, size = self.sealed[idx]
-            last = self.sealed[idx + 1][0] - 1 if idx + 1 < len(self.sealed) else self._seg.base - 1
+        # the segments sealed when the call began: the gap records written below may
+        # rotate the active segment, and what they seal is not for this call to drop
+        candidates = list(self.sealed)
+        active_base = self._seg.base
+        for idx, (base, path, size) in enumerate(candidates):
+            if not (self.over_cap(need) or (at_least_one and not dropped_to)):
+                break
+            last = candidates[idx + 1][0] - 1 if idx + 1 < len(candidates) else active_base - 1
 
             def locked(path: str = path, base: int = base, last: int = last) -> None:
                 # the cursor includes every ack of this segment now (spool/lanes.py)
@@ -240,13 +244,12 @@ class Capacity:
                 lo = max(base, acked[0] + 1)
                 gaps = dropped_claims(carry, lo, last, detail)
                 if gaps:
-                    owed.extend(self._write_durably(merge_claims(gaps)))
+                    owed.extend(self._write_durably(coarsened(merge_claims(gaps))))
 
             done = unlink_unpinned(path, locked=locked)
             if done is False:  # in flight to the broker: it stays
-                idx += 1
                 continue
-            del self.sealed[idx]
+            self.sealed = [entry for entry in self.sealed if entry[1] != path]
             self.fixed_bytes -= size
             if done and last > acked[0]:
                 self._lose(max(base, acked[0] + 1), last)

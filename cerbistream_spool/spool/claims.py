@@ -18,7 +18,10 @@ from cerbistream_spool.spool.markers import Gap, GapReason, gap_fields
 from cerbistream_spool.spool.record import Kind, Record, Scanned, decode_body, scan
 from cerbistream_spool.spool.segments import HEADER_SIZE, decode_header
 
-__all__ = ["dropped_claims", "merge_claims", "records_of"]
+__all__ = ["MOST_CLAIMS", "coarsened", "dropped_claims", "merge_claims", "records_of"]
+
+# at most this many ranged gap records per reason and lane for one dropped segment
+MOST_CLAIMS = 8
 
 
 def records_of(path: str) -> Tuple[bool, List[Record]]:
@@ -119,6 +122,35 @@ def merge_claims(claims: List[Gap]) -> List[Gap]:
             continue
         run = gap
         out.append(run)
+    return out
+
+
+def coarsened(claims: List[Gap], most: int = MOST_CLAIMS) -> List[Gap]:
+    """``claims`` with at most ``most`` ranged gaps per reason and lane: past that, one
+    gap spans them all and its ``count`` is their sum.
+
+    Without this bound a spool that stays full (no drainer for days) carries every
+    older claim forward at each drop, and the gap records grow until they alone fill
+    the cap. A spanning gap keeps the count exact; its range may then also hold seqs
+    delivered or claimed by another gap record (docs/FORMAT.md §4.2).
+    """
+    groups: Dict[Tuple[str, Optional[int]], List[Gap]] = {}
+    out: List[Gap] = []
+    for gap in claims:
+        if gap.first_seq is None or gap.last_seq is None:
+            out.append(gap)
+        else:
+            groups.setdefault((_reason(gap), gap.lane), []).append(gap)
+    for group in groups.values():
+        if len(group) <= most:
+            out.extend(group)
+            continue
+        first, lo, hi = (
+            group[0],
+            min(g.first_seq or 0 for g in group),
+            max(g.last_seq or 0 for g in group),
+        )
+        out.append(replace(first, count=sum(g.count for g in group), first_seq=lo, last_seq=hi))
     return out
 
 
