@@ -20,13 +20,14 @@ number again unless another process took it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
 import weakref
-from typing import Any, Dict, List, Optional, Tuple, TypedDict, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, TypedDict, Union
 
 from cerbistream_spool.diagnostics import Reporter, guard
 from cerbistream_spool.errors import (
@@ -216,6 +217,22 @@ class SpoolHandler(logging.Handler):
                 self._note_reentered()
             guard.active = False
 
+    @contextlib.contextmanager
+    def _app_call(self) -> Iterator[None]:
+        """``flush``, ``stats`` and ``close`` take the locks ``emit`` takes: while they run,
+        a record logged on the same thread (a signal handler) is counted and owed as a
+        gap, as inside ``emit``, instead of waiting on a lock its own thread holds."""
+        if getattr(guard, "active", False):  # inside emit or one of our threads already
+            yield
+            return
+        guard.active = True
+        try:
+            yield
+        finally:
+            if self._reentered != self._reentered_noted:
+                self._note_reentered()
+            guard.active = False
+
     def handle(self, record: logging.LogRecord) -> Any:
         """With ``fsync="always"`` (``GroupCommit()``): filter, then emit without the
         handler-wide lock, so threads share fsyncs (group commit). Otherwise the stdlib
@@ -238,6 +255,10 @@ class SpoolHandler(logging.Handler):
 
     def flush(self) -> None:
         """Return once every record accepted so far is on disk (fsync)."""
+        with self._app_call():
+            self._flush()
+
+    def _flush(self) -> None:
         writer = self._writer
         if writer is not None:
             try:
@@ -253,6 +274,10 @@ class SpoolHandler(logging.Handler):
 
         Records logged afterwards are dropped and counted (``stats()["dropped"]``).
         """
+        with self._app_call():
+            self._close()
+
+    def _close(self) -> None:
         self._closed = True
         try:
             drainer = self._drainer
@@ -287,6 +312,10 @@ class SpoolHandler(logging.Handler):
         dropped + lost``. After ``close()`` the values at close are kept; records
         logged afterwards are added to ``accepted`` and ``dropped``.
         """
+        with self._app_call():
+            return self._stats_now()
+
+    def _stats_now(self) -> SpoolStats:
         final = self._final_stats
         if final is None:
             return self._stats(self._writer, self._drainer)

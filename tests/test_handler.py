@@ -720,3 +720,48 @@ def test_policy_objects_are_accepted_and_group_commit_emits_outside_the_handler_
         log.info("fill %d %s", i, "x" * 400)
     stats = handler.stats()
     assert stats["dropped"] > 0 and stats["lost"] == 0, stats
+
+
+SIGNAL_DURING_CALL = """
+import logging, signal, sys, tempfile
+from cerbistream_spool import SpoolHandler, verify
+mode, call = sys.argv[1], sys.argv[2]
+log = logging.getLogger("app"); log.propagate = False; log.setLevel(logging.INFO)
+fired = [0]
+def on_alarm(signum, frame):
+    fired[0] += 1
+    log.info("tick %d", fired[0])
+signal.signal(signal.SIGALRM, on_alarm)
+spool = tempfile.mkdtemp()
+h = SpoolHandler(spool, tenant_id="t", app_name="a", fsync=mode, drain=False)
+log.addHandler(h)
+signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+for _ in range(2000):
+    getattr(h, call)()
+    if fired[0] >= 200:
+        break
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+h.close()
+st = h.stats()
+report = verify(spool)
+print(fired[0], st["accepted"], st["dropped"], sum(g["count"] for g in report.gaps), report.valid)
+"""
+
+
+@pytest.mark.parametrize("call", ["flush", "stats"])
+def test_a_signal_handler_that_logs_during_flush_or_stats_never_deadlocks(call: str) -> None:
+    """``flush``/``stats`` hold locks ``emit`` needs: a record logged from a signal handler
+    landing there deadlocked the thread (fsync "always", the adversarial pass). It is
+    counted and stands as a gap instead. A real process, so a deadlock is a timeout."""
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_DURING_CALL, "always", call],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    fired, accepted, dropped, gap_counts, valid = done.stdout.split()
+    assert valid == "True"
+    assert int(accepted) == int(fired) > 0
+    assert int(gap_counts) == int(dropped)
