@@ -387,7 +387,7 @@ class SpoolHandler(logging.Handler):
             self._dropped += 1
             self._owe(1, "write-error", "dropped: the spool could not be opened")
             return
-        if _LATE_DROPS:
+        if _LATE_DROPS.counts:  # a plain dict check on the hot path
             self._note_late_drops(writer)
         try:
             writer.append_body(body, Kind.EVENT)
@@ -588,28 +588,25 @@ class _LateDrops:
     spool directory: the next handler of that spool in this process writes their gap.
 
     Re-entrant: a signal handler that logs to a closed handler may interrupt ``add``
-    or ``take`` on the same thread. Truthiness is a lock-free hint.
+    or ``take`` on the same thread. ``counts`` read without the lock is a hint.
     """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._counts: Dict[str, int] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._counts)
+        self.counts: Dict[str, int] = {}
 
     def add(self, spool_dir: str, count: int = 1) -> None:
         with self._lock:
-            self._counts[spool_dir] = self._counts.get(spool_dir, 0) + count
+            self.counts[spool_dir] = self.counts.get(spool_dir, 0) + count
 
     def take(self, spool_dir: str) -> int:
         with self._lock:
-            return self._counts.pop(spool_dir, 0)
+            return self.counts.pop(spool_dir, 0)
 
     def forget_after_fork(self) -> None:
         """In a forked child: the parent's counts are the parent's; the lock is new."""
         self._lock = threading.RLock()
-        self._counts = {}
+        self.counts = {}
 
 
 _LATE_DROPS = _LateDrops()
