@@ -400,19 +400,27 @@ def _walk(
     depth: int,
 ) -> Optional[Dict[int, Violation]]:
     """Add the violations of ``trie`` found in ``mapping`` to ``hits`` (created on first hit)."""
-    for key, value in mapping.items():
-        nodes, complete = _reach(trie, key)
-        if not nodes:
+    for key, value in mapping.items():  # the hot path: _reach inlined (a call per key)
+        text = _key_text(key)
+        if text is None:
             continue
-        for passed in nodes:
-            if passed.hits:
-                if hits is None:
-                    hits = {}
-                for position, violation in passed.hits:
-                    hits[position] = violation
-        if not complete:
-            continue
-        node = nodes[-1]
+        node = trie.get(text)
+        if node is None:
+            nodes, complete = _chain(trie, text)
+            for passed in nodes:
+                if passed.hits:
+                    if hits is None:
+                        hits = {}
+                    for position, violation in passed.hits:
+                        hits[position] = violation
+            if not (complete and nodes):
+                continue
+            node = nodes[-1]
+        elif node.hits:
+            if hits is None:
+                hits = {}
+            for position, violation in node.hits:
+                hits[position] = violation
         if node.children and depth < _MAX_WALK_DEPTH:
             if value.__class__ is dict or isinstance(value, Mapping):
                 hits = _walk(value, node.children, hits, depth + 1)
